@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -145,3 +146,39 @@ def test_cuda_path_uses_bf16_channels_last_and_learns(digits):
     assert hist.epochs[-1]["peak_mem_mb"] > 0
     assert next(model.parameters()).is_cuda
     assert evaluate(model, data.test, device="cuda")["acc"] > 0.3
+
+
+def _no_dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 64, 10))
+
+
+def test_compile_falls_back_to_eager_with_a_warning(digits, monkeypatch):
+    kwargs = {"epochs": 1, "lr": 3e-3, "device": "cpu", "verbose": False}
+    reference = fit(_no_dropout_net(), digits.train, digits.val, **kwargs)
+
+    def broken_compile(fn, backend):
+        def compiled(x):
+            raise RuntimeError("no C++ compiler here")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed.*no C\\+\\+ compiler"):
+        hist = fit(_no_dropout_net(), digits.train, digits.val, compile=True, **kwargs)
+    assert _strip_times(hist) == _strip_times(reference)
+
+
+def test_compiled_training_matches_eager(digits):
+    """Dynamo traces the model (the ``eager`` backend: no code generation, so no compiler is
+    needed); the result must agree with plain eager training."""
+    kwargs = {"epochs": 1, "lr": 3e-3, "device": "cpu", "verbose": False}
+    eager = _no_dropout_net()
+    fit(eager, digits.train, digits.val, **kwargs)
+    traced = _no_dropout_net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a silent fallback would make this test meaningless
+        hist = fit(traced, digits.train, digits.val, compile="eager", **kwargs)
+    assert hist.config["compile"] == "eager"
+    for a, b in zip(traced.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,8 @@ Offline weights (no network needed; see ``OFFLINE_WEIGHTS``):
 * ``vit_fashion``: the course's own source Vision Transformer, pretrained on Fashion-MNIST by
   ``python -m vplib.pretrain`` and shipped in ``vplib/assets`` (fp16 safetensors + a card with
   its config, normalisation, accuracy and sha256); no transformer is installable offline.
+  A timm ``VisionTransformer`` with a convolutional stem: 28 px inputs, 7x7 patch tokens of
+  width 160, 6 blocks; its ``patch_embed`` reports ``patch_size=4`` (the stem's stride).
 
 All files are checked against their sha256 before loading. Without the packages, the same
 names load from torchvision / the timm hub when the network is there. Any other name is passed

@@ -1,7 +1,10 @@
 """Pretrain the course's source Vision Transformer on Fashion-MNIST (CPU-friendly recipe).
 
 No pretrained transformer installs offline, so the course trains its own: a timm
-``VisionTransformer`` on the Fashion-MNIST training split (validation carved from it; the test
+``VisionTransformer`` (Dosovitskiy et al., ICLR 2021) with a convolutional stem (Xiao et al.,
+NeurIPS 2021, "Early convolutions help transformers see better"; the stem is ours: two stride-2
+3x3 conv + BN + GELU stages and a 1x1 projection, giving the 7x7 token grid of a 4x4 patch
+embedding) on the Fashion-MNIST training split (validation carved from it; the test
 split is only evaluated at the end), with the same trainer as every chapter (``vplib.train.fit``:
 AdamW, linear warmup + cosine, label smoothing, random shift + horizontal flip on the device,
 exact resume after an interruption).
@@ -10,10 +13,14 @@ exact resume after an interruption).
     python -m vplib.pretrain --epochs 1 --max-train 512 ...     # a smoke run
     python -m vplib.pretrain --out runs/vit_fashion --ship      # install it into vplib/assets
 
-The model sees 3-channel images (the grayscale channel repeated), so the same input prompts
-work on it as on the ImageNet CNNs. Outputs in ``--out``: ``history.json``, the checkpoint of
-the last epoch (``last.pt``, for resuming), and ``vit_fashion.safetensors`` (fp16 weights of the
-epoch chosen on validation) with its sha256 in ``vit_fashion.json``.
+Width 160, depth 6, 4 heads: 1.9 M parameters, about 5 minutes an epoch on 2 CPU cores. With
+a plain 7x7 patch embedding (16 tokens) the same recipe underfit and stopped near 86% test
+accuracy (appendix A of the book). The model sees 3-channel images (the grayscale channel
+repeated), so the same input prompts work on it as on the ImageNet CNNs.
+
+Outputs in ``--out``: ``history.json``, the checkpoint of the last epoch (``last.pt``, for
+resuming), and ``vit_fashion.safetensors`` (fp16 weights of the epoch chosen on validation)
+with its sha256 in ``vit_fashion.json``.
 """
 
 from __future__ import annotations
@@ -38,17 +45,18 @@ FASHION_STD = (0.353, 0.353, 0.353)
 @dataclass(frozen=True)
 class ViTConfig:
     img_size: int = 28
-    patch_size: int = 7
-    embed_dim: int = 192
+    patch_size: int = 4
+    embed_dim: int = 160
     depth: int = 6
-    num_heads: int = 3
+    num_heads: int = 4
     mlp_ratio: float = 4.0
     num_classes: int = 10
+    stem: str = "conv"  # "patch": timm's linear patch embedding; "conv": ConvStem
 
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 14
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -58,13 +66,45 @@ class Recipe:
     seed: int = 0
 
 
+def _conv_stem_class():
+    from timm.layers import PatchEmbed
+
+    class ConvStem(PatchEmbed):
+        """timm's ``PatchEmbed`` with its single strided projection replaced by a small
+        convolutional stem (Xiao et al., 2021, "Early convolutions help transformers see
+        better"): ``log2(patch)`` stride-2 3x3 conv + BN + GELU stages, then a 1x1 projection
+        to the embedding width. Same interface and token grid as a ``patch``-sized patch
+        embedding, so everything that reads ``patch_embed`` (token prompts, InsVP) works."""
+
+        def __init__(self, img_size, patch_size, in_chans, embed_dim, **kwargs):
+            super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                             embed_dim=embed_dim, **kwargs)
+            stages = patch_size.bit_length() - 1
+            if 2 ** stages != patch_size:
+                raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
+            layers, width = [], in_chans
+            for i in range(stages):
+                out = embed_dim // 2 ** (stages - i)
+                layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False),
+                           nn.BatchNorm2d(out), nn.GELU()]
+                width = out
+            layers.append(nn.Conv2d(width, embed_dim, 1))
+            self.proj = nn.Sequential(*layers)
+
+    return ConvStem
+
+
 def create_vit(config: ViTConfig) -> nn.Module:
+    from timm.layers import PatchEmbed
     from timm.models.vision_transformer import VisionTransformer
 
+    stems = {"patch": PatchEmbed, "conv": _conv_stem_class()}
+    if config.stem not in stems:
+        raise ValueError(f"unknown stem {config.stem!r}; use one of {sorted(stems)}")
     return VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=3,
                              embed_dim=config.embed_dim, depth=config.depth,
                              num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
-                             num_classes=config.num_classes)
+                             num_classes=config.num_classes, embed_layer=stems[config.stem])
 
 
 class Normalized(nn.Module):

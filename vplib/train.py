@@ -4,10 +4,17 @@ What ``fit`` does, and why:
 
 * **Data stays uint8 on the device.** The small datasets of this course are moved to the GPU
   once; each step indexes a batch, converts it to float and augments it there (random crop with
-  zero padding, optional horizontal flip). No DataLoader, no worker processes.
+  zero padding, optional horizontal flip). No DataLoader, no worker processes. Datasets too
+  large for half the free GPU memory stay in pinned host memory instead, copied asynchronously
+  one batch at a time.
 * **Frozen parts are not recomputed.** When everything below the head is frozen (linear
   probing), the features of train and val are computed once and the head trains on them.
-* **bf16 autocast on CUDA**, channels-last memory for CNNs, fused AdamW; fp32 on CPU.
+* **bf16 autocast on CUDA**, channels-last memory for CNNs, fused AdamW; fp32 on CPU. Frozen
+  parameters have ``requires_grad=False``, so autograd computes no gradient for them (and
+  stops at the first trainable tensor). ``compile=True`` adds ``torch.compile``, with a
+  fallback to eager mode if it fails.
+* **Many GPUs with torchrun**: launched by ``torchrun --nproc_per_node=N``, the same ``fit``
+  runs DistributedDataParallel (NCCL on GPUs, gloo on CPU), sharding each global batch.
 * **AdamW + linear warmup + cosine decay**, stepped every batch; optional label smoothing.
 * **Model selection on val, never on test**: the epoch with the best validation accuracy is
   restored at the end (``fit`` is never given the test split).
@@ -79,25 +86,30 @@ class History:
 
 # --------------------------------------------------------------------------- helpers
 
-def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, *,
+                  draw: int | None = None, part: slice = slice(None)) -> torch.Tensor:
     """uint8 ``(B, C, H, W)`` -> float in [0, 1], randomly shifted (and flipped).
 
     ``crop`` pads by ``H // 8`` pixels of zeros and crops back at a random offset per image;
     ``crop_flip`` also flips half of the images horizontally. Random numbers come from the
-    CPU ``generator`` so that a run is reproducible and resumable on any device.
+    CPU ``generator`` so that a run is reproducible and resumable on any device. Under
+    data-parallel training ``x`` is one process's share ``part`` of a global batch of ``draw``
+    images: the numbers are drawn for the whole global batch and sliced, so every image gets
+    the shift it would get in a single-process run.
     """
     x = x.float().div_(255)
     if mode == "none":
         return x
     if mode not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {mode!r}")
+    n = len(x) if draw is None else draw
     b, _, h, w = x.shape
     pad = max(1, h // 8)
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)[:, part].to(x.device)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
     if mode == "crop_flip":
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=generator) < 0.5)[part].to(x.device)
         cols = torch.where(flip[:, None], cols.flip(1), cols)
     padded = F.pad(x, (pad, pad, pad, pad))
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -160,6 +172,69 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
             "acc": (logits.argmax(1) == labels).float().mean().item()}
 
 
+@dataclass(frozen=True)
+class _Dist:
+    """This process's place in a data-parallel run (``rank 0 of 1`` when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_context(device: torch.device | None = None) -> _Dist:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    The backend is NCCL for CUDA and gloo otherwise. Single-process runs return rank 0 of 1
+    and touch nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = (device.type == "cuda") if device is not None else torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _compile(fn: Callable, backend: str) -> Callable:
+    """``torch.compile(fn)``, falling back to ``fn`` with a warning if compiling fails (no C++
+    compiler, an unsupported op, an old GPU): compile errors surface at the first call."""
+    try:
+        compiled = torch.compile(fn, backend=backend)
+    except Exception as err:  # e.g. a backend name that does not exist
+        warnings.warn(f"torch.compile is unavailable ({type(err).__name__}: {err}); "
+                      "training without it.", stacklevel=3)
+        return fn
+    state = {"fn": compiled, "tried": False}
+
+    def call(x):
+        if state["tried"]:
+            return state["fn"](x)
+        state["tried"] = True
+        try:
+            return compiled(x)
+        except Exception as err:
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
+                          "training without it.", stacklevel=2)
+            state["fn"] = fn
+            return fn(x)
+
+    return call
+
+
+def _fits_on(device: torch.device, *tensors: torch.Tensor, share: float = 0.5) -> bool:
+    """Whether ``tensors`` take at most ``share`` of the GPU's free memory (CPU: always)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) <= share * free
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
             device: torch.device | str | None = None) -> torch.Tensor:
@@ -188,7 +263,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         device: torch.device | str | None = None, cache_features: bool = True,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
         on_epoch_end: Callable[[int, dict, nn.Module], None] | None = None,
-        verbose: bool = True) -> History:
+        compile: bool | str = False, verbose: bool = True) -> History:
     """Train the trainable parameters of ``model`` on ``train``, select on ``val``.
 
     Args:
@@ -204,7 +279,16 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         checkpoint_dir: where ``last.pt`` is written after every epoch (atomically).
         resume: continue from ``checkpoint_dir/last.pt`` if it exists (settings must match).
         on_epoch_end: called as ``fn(epoch, record, model)`` after each epoch.
+        compile: ``torch.compile`` the training forward (``True``: inductor, or a backend
+            name); if compiling fails, training goes on without it after a warning.
         verbose: print one line per epoch.
+
+    Under ``torchrun --nproc_per_node=N`` the same call trains with DistributedDataParallel:
+    each process takes every N-th image of each global batch of ``batch_size`` (random shifts
+    drawn for the global batch, loss scaled so the averaged gradient is the global-batch
+    mean), metrics are summed over processes, and only rank 0 writes checkpoints. The result
+    matches a single-process run with the same ``batch_size`` up to float rounding (for models
+    without dropout or batch-norm updates, whose random numbers / statistics are per process).
 
     Returns:
         The :class:`History`; ``model`` holds the weights of the best validation epoch.
@@ -214,6 +298,13 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     device = torch.device(device) if device is not None else default_device()
+    ctx = distributed_context(device)
+    if ctx.world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if batch_size < ctx.world:
+        raise ValueError(f"batch_size {batch_size} is the global batch: it must be at least the "
+                         f"number of processes ({ctx.world})")
     config = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                   augment=augment, seed=seed, n_train=len(train), n_val=len(val))
@@ -234,10 +325,23 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         x_val = _batched(model.features, val.images, 256, device, convert=True)
         step_fn, eval_fn = model.head, model.head
         cache_seconds = round(time.perf_counter() - t_cache, 3)
-    else:
+    elif _fits_on(device, train.images, val.images):
         x_train, x_val = train.images.to(device), val.images.to(device)
         step_fn = eval_fn = model
-    y_train, y_val = train.labels.to(device), val.labels.to(device)
+    else:  # too big for the GPU: pinned host memory, one asynchronous copy per batch
+        x_train, x_val = train.images.pin_memory(), val.images.pin_memory()
+        step_fn = eval_fn = model
+    y_train, y_val = train.labels.to(x_train.device), val.labels.to(device)
+    data_device = x_train.device
+    train_fn = step_fn
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_fn = DistributedDataParallel(
+            model.head if cached else model,
+            device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        train_fn = _compile(train_fn, compile if isinstance(compile, str) else "inductor")
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
@@ -271,12 +375,14 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         history = History(**ckpt["history"])
         best_state = ckpt["best_state"]
         start = ckpt["epoch"] + 1
-        if verbose:
+        if verbose and ctx.main:
             print(f"Resumed from {ckpt_path} after epoch {start} of {epochs}.")
     else:
         torch.manual_seed(seed)
     if cached:
         history.config["cache_seconds"] = cache_seconds
+    history.config.update(world_size=ctx.world, compile=compile,
+                          data_on_device=data_device.type == device.type)
 
     for epoch in range(start, epochs):
         if not cached and hasattr(model, "on_epoch_start"):  # e.g. an iterative label mapping
@@ -287,26 +393,41 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        order = torch.randperm(len(train), generator=generator).to(device)
+        order = torch.randperm(len(train), generator=generator).to(data_device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   **({} if ctx.main else {"disable": True}))
         for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            x, y = x_train[idx], y_train[idx]
+            batch = order[step * batch_size:(step + 1) * batch_size]
+            idx = batch[ctx.rank::ctx.world] if ctx.world > 1 else batch
+            x = x_train[idx].to(device, non_blocking=True)
+            y = y_train[idx].to(device, non_blocking=True)
             if not cached:
-                x = augment_batch(x, augment, generator)
+                x = augment_batch(x, augment, generator, draw=len(batch),
+                                  part=slice(ctx.rank, None, ctx.world))
                 if device.type == "cuda" and is_cnn:
                     x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
-                logits = step_fn(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                logits = train_fn(x)
+            if ctx.world == 1:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                batch_loss = loss.detach() * len(y)
+            else:  # DDP averages over processes: scale so the result is the global-batch mean
+                total = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
+                                        reduction="sum")
+                loss, batch_loss = total * (ctx.world / len(batch)), total.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * len(y)
+            loss_sum += batch_loss
             correct += (logits.argmax(1) == y).sum()
+        if ctx.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(correct)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -331,14 +452,14 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         if history.best_epoch is None or record["val_acc"] > history.best["val_acc"]:
             history.best_epoch = record["epoch"]
             best_state = _mutable_state(model)
-        if verbose:
+        if verbose and ctx.main:
             print(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.4f} "
                   f"acc {record['train_acc']:.4f} | val loss {record['val_loss']:.4f} "
                   f"acc {record['val_acc']:.4f} | {seconds:.1f} s, "
                   f"{record['images_per_s']:.0f} img/s")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record, model)
-        if ckpt_path is not None:
+        if ckpt_path is not None and ctx.main:
             _atomic_save({
                 "epoch": epoch,
                 "model": _mutable_state(model),
@@ -350,6 +471,10 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                 "history": history.to_dict(),
                 "best_state": best_state,
             }, ckpt_path)
+        if ckpt_path is not None and ctx.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # no process resumes from a checkpoint that is still being written
 
     if best_state is not None:
         _load_mutable_state(model, best_state)
