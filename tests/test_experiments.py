@@ -1,0 +1,56 @@
+"""vplib.experiments: grids through fit, one record per run, finished runs skipped."""
+
+import json
+
+import pytest
+
+from vplib import experiments
+from vplib.profiles import get_profile
+
+
+def test_grid_expands_every_combination_and_rejects_unknown_methods():
+    runs = experiments.grid(["linear", "vp-pad"], ["mobilenet_v2"], ["digits", "mnist"],
+                            seeds=[0, 1], options={"vp-pad": [{"prompt_size": 2}, {}]})
+    assert len(runs) == 2 * (1 + 2) * 2
+    assert len({r.key for r in runs}) == len(runs)
+    assert experiments.Run("ap", "b", "d", 0, {"layer": "x"}).key != \
+        experiments.Run("ap", "b", "d", 0, {"layer": "y"}).key
+    with pytest.raises(ValueError, match="unknown method"):
+        experiments.grid(["vp-huge"], ["mobilenet_v2"], ["digits"])
+
+
+def test_run_grid_records_skips_finished_runs_and_summarizes(tmp_path, monkeypatch):
+    quick = get_profile("quick")
+    runs = experiments.grid(["linear", "vp-pad"], ["mobilenet_v2"], ["digits"], seeds=[0, 1],
+                            options=[{"epochs": 1, "prompt_size": 2}])
+    runs = [r if r.method == "vp-pad" else experiments.Run(r.method, r.backbone, r.dataset,
+                                                           r.seed, {"epochs": 1})
+            for r in runs]
+    records = experiments.run_grid(runs, tmp_path, quick, device="cpu", verbose=False)
+    assert [r["key"] for r in records] == [r.key for r in runs]
+    for record in records:
+        assert 0.0 <= record["test_acc"] <= 1.0 and record["seconds_per_epoch"] > 0
+        assert record["environment"]["profile"] == "quick" and record["image_size"] == 32
+        assert record["fit"]["epochs"] == 1
+        saved = json.loads((tmp_path / f"{record['key']}.json").read_text())
+        assert saved["test_acc"] == record["test_acc"]
+    linear = next(r for r in records if r["method"] == "linear")
+    vp = next(r for r in records if r["method"] == "vp-pad")
+    assert linear["cached_features"] and not vp["cached_features"]
+    pad_prompt = 3 * (32 * 32 - 28 * 28)  # a 2-pixel frame on 32 px RGB
+    assert vp["trainable_params"] == linear["trainable_params"] + pad_prompt
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(experiments, "run_one", no_training)
+    again = experiments.run_grid(runs, tmp_path, quick, verbose=False)
+    assert [r["test_acc"] for r in again] == [r["test_acc"] for r in records]
+    with pytest.raises(ValueError, match="profile"):
+        experiments.run_grid(runs, tmp_path, get_profile("standard"), verbose=False)
+
+    table = experiments.summarize(again)
+    assert len(table) == 2 and set(table["seeds"]) == {2}
+    row = table[table["method"] == "linear"].iloc[0]
+    accs = [r["test_acc"] for r in records if r["method"] == "linear"]
+    assert row["test_acc_mean"] == pytest.approx(sum(accs) / 2)

@@ -1,0 +1,233 @@
+"""Grids of training runs through ``fit``: one JSON record per run, resumable.
+
+The chapters' heavy experiments (ablations, sweeps, several seeds) are grids of
+``method x backbone x dataset x options x seed``. This module runs such a grid with the same
+``vplib.build`` / ``vplib.train.fit`` code as the chapters' live cells and writes one JSON file
+per finished run, so a grid can run once (on a GPU, or as a long CPU job), be committed, and be
+read back by the chapter. A run whose JSON exists is skipped; a run that was killed resumes
+from its last epoch checkpoint (``fit(resume=True)``).
+
+From Python::
+
+    from vplib import experiments
+    runs = experiments.grid(["linear", "vp-pad"], ["mobilenet_v2"], ["mnist"], seeds=[0, 1, 2])
+    records = experiments.run_grid(runs, "runs/vp_demo")
+    experiments.summarize(records)      # mean and sd over seeds, one row per setting
+
+From the shell (options as JSON; each dict in ``--options`` is one setting)::
+
+    python -m vplib.experiments --out runs/vp_demo --methods linear vp-pad \\
+        --backbones mobilenet_v2 --datasets mnist --seeds 0 1 2 \\
+        --options '{"prompt_size": 4}' '{"prompt_size": 8}'
+
+Each record holds the run's identity (method, backbone, dataset, options, seed), test and
+validation accuracy, trainable parameters (absolute and as % of the backbone), seconds per
+epoch, images/s, peak GPU memory, the profile, device, versions, git commit and date.
+
+Option keys that are ``fit`` settings (``FIT_KEYS``: ``epochs``, ``lr``, ``batch_size``, ...)
+go to ``fit``; every other key goes to ``vplib.build``. Unset learning rates come from
+``DEFAULT_LR``: per-method starting points for AdamW, not tuned values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .profiles import Profile, get_profile
+
+FIT_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "augment", "warmup_epochs",
+            "label_smoothing", "compile")
+
+DEFAULT_LR = {"linear": 1e-2, "full": 1e-4, "bias": 1e-3, "vp-pad": 1e-2, "vp-fixed": 1e-2,
+              "vp-random": 1e-2, "vpt-shallow": 1e-2, "vpt-deep": 1e-2, "msvp": 1e-2,
+              "insvp": 1e-3, "ap": 1e-2}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a grid."""
+
+    method: str
+    backbone: str
+    dataset: str
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe, stable identifier (options hashed, so any values are allowed)."""
+        opts = json.dumps(self.options, sort_keys=True)
+        digest = hashlib.sha1(opts.encode()).hexdigest()[:8] if self.options else "default"
+        return f"{self.dataset}__{self.backbone}__{self.method}__{digest}__seed{self.seed}"
+
+
+def grid(methods, backbones, datasets, *, seeds=(0,), options=({},)) -> list[Run]:
+    """Every combination of ``methods x backbones x datasets x options x seeds``.
+
+    ``options`` is a list of option dicts applied to every method, or a dict mapping a method
+    to its own list (methods not in it get ``[{}]``).
+    """
+    from .model import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    per_method = options if isinstance(options, dict) else {m: list(options) for m in methods}
+    return [Run(m, b, d, s, dict(o)) for d in datasets for b in backbones for m in methods
+            for o in per_method.get(m, [{}]) for s in seeds]
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty.strip() else "")
+
+
+@functools.lru_cache(maxsize=8)
+def _data(name: str, size: int, max_train: int | None, max_eval: int | None):
+    from .data import load_dataset
+
+    return load_dataset(name, size=size, rgb=True, max_train=max_train, max_eval=max_eval)
+
+
+def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None, *,
+            device: str | None = None, verbose: bool = False) -> dict:
+    """Train and test one run; write ``out_dir/<run.key>.json`` and return the record."""
+    import torch
+
+    from .backbones import load
+    from .model import build
+    from .report import environment
+    from .train import evaluate, fit
+
+    profile = profile or get_profile()
+    out_dir = Path(out_dir)
+    opts = dict(run.options)
+    fit_kw = {k: opts.pop(k) for k in FIT_KEYS if k in opts}
+    fit_kw.setdefault("epochs", profile.epochs)
+    fit_kw.setdefault("batch_size", profile.batch_size)
+    fit_kw.setdefault("lr", DEFAULT_LR.get(run.method, 1e-3))
+
+    torch.manual_seed(run.seed)
+    backbone = load(run.backbone, pretrained=True)
+    size = backbone.input_size if backbone.kind == "vit" else profile.image_size
+    data = _data(run.dataset, size, profile.max_train, profile.max_eval)
+    torch.manual_seed(run.seed)
+    model = build(run.method, backbone, data.num_classes, image_size=size, **opts)
+    history = fit(model, data.train, data.val, seed=run.seed, device=device,
+                  checkpoint_dir=out_dir / "checkpoints" / run.key, resume=True,
+                  verbose=verbose, **fit_kw)
+    test = evaluate(model, data.test, device=device)
+    counts = model.param_counts()
+    epochs = history.epochs
+    peaks = [r["peak_mem_mb"] for r in epochs if r["peak_mem_mb"] is not None]
+    record = {
+        **asdict(run), "key": run.key, "fit": fit_kw, "image_size": size,
+        "test_acc": test["acc"], "val_acc": history.best["val_acc"],
+        "best_epoch": history.best_epoch, "n_train": len(data.train), "n_test": len(data.test),
+        "trainable_params": counts["trainable"], "backbone_params": counts["backbone"],
+        "trainable_pct_of_backbone": 100 * counts["trainable"] / counts["backbone"],
+        "seconds_per_epoch": sum(r["seconds"] for r in epochs) / len(epochs),
+        "images_per_s": sum(r["images_per_s"] for r in epochs) / len(epochs),
+        "peak_mem_mb": max(peaks) if peaks else None,
+        "cached_features": history.config.get("cached_features", False),
+        "history": history.epochs,
+        "environment": environment() | {"profile": profile.name},
+        "git_commit": _git_commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{run.key}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    return record
+
+
+def load_records(out_dir: str | os.PathLike) -> list[dict]:
+    """Every finished run's record in ``out_dir``, sorted by key."""
+    return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*.json"))]
+
+
+def run_grid(runs: list[Run], out_dir: str | os.PathLike, profile: Profile | None = None, *,
+             device: str | None = None, verbose: bool = True) -> list[dict]:
+    """Run every run in ``runs`` that has no record in ``out_dir`` yet; return all records
+    of ``runs`` (finished earlier or now), in the order of ``runs``."""
+    out_dir = Path(out_dir)
+    profile = profile or get_profile()
+    records = []
+    for i, run in enumerate(runs, 1):
+        path = out_dir / f"{run.key}.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            if record["environment"]["profile"] != profile.name:
+                raise ValueError(f"{path} was run in the {record['environment']['profile']} "
+                                 f"profile, not {profile.name}: use another out_dir.")
+            status = "done earlier"
+        else:
+            record = run_one(run, out_dir, profile, device=device)
+            status = f"test acc {record['test_acc']:.4f}, {record['seconds_per_epoch']:.1f} s/epoch"
+        if verbose:
+            print(f"[{i}/{len(runs)}] {run.key}: {status}", flush=True)
+        records.append(record)
+    return records
+
+
+def summarize(records: list[dict], by=("dataset", "backbone", "method", "options")):
+    """A DataFrame with one row per setting: mean and sd over seeds of test accuracy,
+    trainable parameters, seconds per epoch and the number of seeds."""
+    import pandas as pd
+
+    rows = [{**{k: (json.dumps(r[k], sort_keys=True) if k == "options" else r[k]) for k in by},
+             "test_acc": r["test_acc"], "trainable_params": r["trainable_params"],
+             "trainable_pct_of_backbone": r["trainable_pct_of_backbone"],
+             "seconds_per_epoch": r["seconds_per_epoch"]} for r in records]
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(list(by), sort=False)
+    out = grouped.agg(test_acc_mean=("test_acc", "mean"), test_acc_sd=("test_acc", "std"),
+                      seeds=("test_acc", "size"),
+                      trainable_params=("trainable_params", "first"),
+                      trainable_pct=("trainable_pct_of_backbone", "first"),
+                      seconds_per_epoch=("seconds_per_epoch", "mean"))
+    return out.reset_index()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run a grid of vplib training runs "
+                                     "(resumable: finished runs are skipped).")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the run records")
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--backbones", nargs="+", required=True)
+    parser.add_argument("--datasets", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--options", nargs="+", type=json.loads, default=[{}],
+                        help="JSON dicts, one per setting, e.g. '{\"prompt_size\": 8}'")
+    parser.add_argument("--profile", default=None, help="quick, standard or paper "
+                        "(default: $VPLIB_PROFILE, else standard)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    runs = grid(args.methods, args.backbones, args.datasets, seeds=args.seeds,
+                options=args.options)
+    records = run_grid(runs, args.out, get_profile(args.profile), device=args.device)
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(summarize(records).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
