@@ -57,6 +57,7 @@ execute: setup
 bench: setup
 	$(PY) benchmarks/backbone_speed.py
 	TQDM_DISABLE=1 $(PY) benchmarks/methods.py
+	TQDM_DISABLE=1 $(PY) benchmarks/train_speed.py
 
 clean:
 	rm -rf _build

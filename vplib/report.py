@@ -94,9 +94,11 @@ def status_table(results_dir: str | os.PathLike | None = None) -> str:
     rows = ["| chapter | date | runtime | device | torch | timm |",
             "|---|---|---|---|---|---|"]
     for path in sorted(folder.glob("*.json")):
-        if path.stem.count(".") or path.stem.startswith("train_speed"):
-            continue  # other profiles and benchmark files are not chapter runs
+        if path.stem.count("."):
+            continue  # other profiles
         rec = json.loads(path.read_text())
+        if "chapter" not in rec:
+            continue  # benchmarks, training histories: not chapter runs
         env = rec["environment"]
         rows.append(f"| {rec['chapter']} | {rec['date']} | {rec['runtime_s']:.0f} s | "
                     f"{env['device']} | {env['torch']} | {env['timm']} |")
