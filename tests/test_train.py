@@ -182,3 +182,27 @@ def test_compiled_training_matches_eager(digits):
     assert hist.config["compile"] == "eager"
     for a, b in zip(traced.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pinned_host_path_and_compile(monkeypatch):
+    data = load_dataset("mnist", size=32, rgb=True, max_train=512, max_eval=256)
+    kwargs = {"epochs": 2, "lr": 1e-2, "device": "cuda", "verbose": False}
+    on_device = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    ref = fit(on_device, data.train, data.val, **kwargs)
+    assert ref.config["data_on_device"] is True
+    assert all(p.grad is None for p in on_device.backbone.parameters())  # frozen: no gradients
+
+    monkeypatch.setattr("vplib.train._fits_on", lambda *a, **k: False)  # "too big for the GPU"
+    pinned = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    hist = fit(pinned, data.train, data.val, **kwargs)
+    assert hist.config["data_on_device"] is False
+    assert abs(hist.best["val_acc"] - ref.best["val_acc"]) <= 0.05
+    monkeypatch.undo()
+
+    compiled = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile")  # no silent fallback on a GPU
+        hist = fit(compiled, data.train, data.val, compile=True, **kwargs)
+    assert abs(hist.best["val_acc"] - ref.best["val_acc"]) <= 0.05

@@ -2,9 +2,9 @@
 
 No pretrained transformer installs offline, so the course trains its own: a timm
 ``VisionTransformer`` (Dosovitskiy et al., ICLR 2021) with a convolutional stem (Xiao et al.,
-NeurIPS 2021, "Early convolutions help transformers see better"; the stem is ours: two stride-2
-3x3 conv + BN + GELU stages and a 1x1 projection, giving the 7x7 token grid of a 4x4 patch
-embedding) on the Fashion-MNIST training split (validation carved from it; the test
+NeurIPS 2021, "Early convolutions help transformers see better"; the stem is ours: two stages
+of two 3x3 conv + BN + GELU layers, the first of each with stride 2, and a 1x1 projection,
+giving the 7x7 token grid of a 4x4 patch embedding) on the Fashion-MNIST training split (validation carved from it; the test
 split is only evaluated at the end), with the same trainer as every chapter (``vplib.train.fit``:
 AdamW, linear warmup + cosine, label smoothing, random shift + horizontal flip on the device,
 exact resume after an interruption).
@@ -72,9 +72,10 @@ def _conv_stem_class():
     class ConvStem(PatchEmbed):
         """timm's ``PatchEmbed`` with its single strided projection replaced by a small
         convolutional stem (Xiao et al., 2021, "Early convolutions help transformers see
-        better"): ``log2(patch)`` stride-2 3x3 conv + BN + GELU stages, then a 1x1 projection
-        to the embedding width. Same interface and token grid as a ``patch``-sized patch
-        embedding, so everything that reads ``patch_embed`` (token prompts, InsVP) works."""
+        better"): ``log2(patch)`` stages of two 3x3 conv + BN + GELU layers (the first with
+        stride 2), then a 1x1 projection to the embedding width. Same interface and token
+        grid as a ``patch``-sized patch embedding, so everything that reads ``patch_embed``
+        (token prompts, InsVP) works."""
 
         def __init__(self, img_size, patch_size, in_chans, embed_dim, **kwargs):
             super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
@@ -85,9 +86,10 @@ def _conv_stem_class():
             layers, width = [], in_chans
             for i in range(stages):
                 out = embed_dim // 2 ** (stages - i)
-                layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False),
-                           nn.BatchNorm2d(out), nn.GELU()]
-                width = out
+                for stride in (2, 1):
+                    layers += [nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False),
+                               nn.BatchNorm2d(out), nn.GELU()]
+                    width = out
             layers.append(nn.Conv2d(width, embed_dim, 1))
             self.proj = nn.Sequential(*layers)
 
