@@ -5,8 +5,8 @@ What ``fit`` does, and why:
 * **Data stays uint8 on the device.** The small datasets of this course are moved to the GPU
   once; each step indexes a batch, converts it to float and augments it there (random crop with
   zero padding, optional horizontal flip). No DataLoader, no worker processes. Datasets too
-  large for half the free GPU memory stay in pinned host memory instead, copied asynchronously
-  one batch at a time.
+  large for half the free GPU memory stay in host memory instead; each batch is staged in
+  pinned memory and copied without blocking.
 * **Frozen parts are not recomputed.** When everything below the head is frozen (linear
   probing), the features of train and val are computed once and the head trains on them.
 * **bf16 autocast on CUDA**, channels-last memory for CNNs, fused AdamW; fp32 on CPU. Frozen
@@ -328,8 +328,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     elif _fits_on(device, train.images, val.images):
         x_train, x_val = train.images.to(device), val.images.to(device)
         step_fn = eval_fn = model
-    else:  # too big for the GPU: pinned host memory, one asynchronous copy per batch
-        x_train, x_val = train.images.pin_memory(), val.images.pin_memory()
+    else:  # too big for the GPU: host memory, each batch staged in pinned memory and copied
+        x_train, x_val = train.images, val.images
         step_fn = eval_fn = model
     y_train, y_val = train.labels.to(x_train.device), val.labels.to(device)
     data_device = x_train.device
@@ -401,8 +401,10 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         for step in bar:
             batch = order[step * batch_size:(step + 1) * batch_size]
             idx = batch[ctx.rank::ctx.world] if ctx.world > 1 else batch
-            x = x_train[idx].to(device, non_blocking=True)
-            y = y_train[idx].to(device, non_blocking=True)
+            x, y = x_train[idx], y_train[idx]
+            if data_device.type != device.type:
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if not cached:
                 x = augment_batch(x, augment, generator, draw=len(batch),
                                   part=slice(ctx.rank, None, ctx.world))
