@@ -111,7 +111,6 @@ def test_source_vit_not_shipped_names_the_commands(tmp_path, monkeypatch):
 def test_source_vit_ships_and_loads_from_a_finished_run(tmp_path, monkeypatch):
     """The path from `python -m vplib.pretrain` to `vplib.load("vit_fashion")`, on a tiny run."""
     from vplib import data, pretrain
-    from vplib.report import RESULTS_DIR
 
     if data._fashion_mnist_offline() is None:
         pytest.skip("dataset-fashion-mnist (Debian package) is not installed")
@@ -119,15 +118,13 @@ def test_source_vit_ships_and_loads_from_a_finished_run(tmp_path, monkeypatch):
     card = pretrain.pretrain(run, pretrain.ViTConfig(embed_dim=48, depth=1, num_heads=3),
                              pretrain.Recipe(epochs=1), max_train=128, max_eval=64, resume=False)
     monkeypatch.setattr(backbones, "ASSETS_DIR", tmp_path / "assets")
-    monkeypatch.setattr("vplib.report.RESULTS_DIR", tmp_path / "results")
-    (tmp_path / "results").mkdir()
     shipped = pretrain.ship(run)
     assert shipped["sha256"] == card["sha256"] and 0 <= shipped["test_slice"]["acc"] <= 1
+    assert shipped["history"]["best_epoch"] == card["best_epoch"]
     b = vplib.load("vit_fashion")
     assert b.kind == "vit" and b.num_features == 48 and "sha256 verified" in b.source
     assert b.class_names[0] == "T-shirt/top"
     assert not any(p.requires_grad for p in b.parameters())
-    assert RESULTS_DIR != tmp_path / "results"  # the real results folder was not touched
     with open(tmp_path / "assets" / "vit_fashion.safetensors", "r+b") as f:
         f.seek(-8, 2)
         f.write(b"\x00" * 8)

@@ -1,6 +1,8 @@
 import json
 import time
 
+import pytest
+
 from vplib.report import environment, save_results, status_table, write_status_page
 
 
@@ -49,3 +51,19 @@ def test_benchmarks_are_saved_with_their_device(tmp_path):
     record = json.loads(path.read_text())
     assert path.name.startswith("demo_") and record["rows"] == [{"x": 1}]
     assert record["environment"]["device"]
+
+
+def test_committed_results_read_locally_or_fail_with_what_to_do(tmp_path, monkeypatch):
+    import urllib.request
+
+    from vplib import report
+
+    assert report.committed_results("01_linear_probing.json")["chapter"] == "01_linear_probing"
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)  # a pip install: no book/results
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError, match="Clone the repository"):
+        report.committed_results("01_linear_probing.json")

@@ -160,24 +160,24 @@ SLICE = 1000  # the test suite re-checks the shipped model on the first SLICE te
 
 
 def ship(run_dir: Path) -> dict:
-    """Copy a finished run into the package (``vplib/assets``) and its history into
-    ``book/results``, recording the shipped model's accuracy on the first ``SLICE`` test
-    images, measured through ``vplib.load("vit_fashion")`` (fp16 weights, as users get them)."""
+    """Copy a finished run into the package (``vplib/assets``): the fp16 weights and the card,
+    to which it adds the training history (so the model card travels with the package) and
+    the shipped model's accuracy on the first ``SLICE`` test images, measured through
+    ``vplib.load("vit_fashion")`` (fp16 weights, as users get them)."""
     import shutil
 
     from .backbones import ASSETS_DIR, load
-    from .report import RESULTS_DIR
     from .train import evaluate
 
     ASSETS_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "vit_fashion.safetensors", ASSETS_DIR / "vit_fashion.safetensors")
     card = json.loads((run_dir / "vit_fashion.json").read_text())
+    card["history"] = json.loads((run_dir / "history.json").read_text())
     (ASSETS_DIR / "vit_fashion.json").write_text(json.dumps(card, indent=2) + "\n")
     test = load_dataset("fashion_mnist", size=card["config"]["img_size"], rgb=True).test
     first = test.select(torch.arange(SLICE))
     card["test_slice"] = {"first": SLICE, "acc": evaluate(load("vit_fashion"), first)["acc"]}
     (ASSETS_DIR / "vit_fashion.json").write_text(json.dumps(card, indent=2) + "\n")
-    shutil.copyfile(run_dir / "history.json", RESULTS_DIR / "A_vit_fashion_history.json")
     return card
 
 

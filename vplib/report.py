@@ -19,6 +19,9 @@ from pathlib import Path
 from .profiles import get_profile
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "book" / "results"
+# Where committed results live when vplib is installed without the repository (e.g. in Colab).
+RESULTS_URL = ("https://raw.githubusercontent.com/visual-prompting-hands-on/"
+               "visual-prompting-hands-on/main/book/results/")
 
 
 def _cpu_model() -> str:
@@ -53,6 +56,30 @@ def environment() -> dict:
         "timm": timm.__version__,
         "vplib": __version__,
     }
+
+
+def committed_results(name: str) -> dict:
+    """A results JSON committed with the course, ``book/results/<name>``: read from the
+    repository checkout, or downloaded from the course repository when vplib was installed
+    with pip (e.g. in Colab, which has internet).
+
+    Raises:
+        FileNotFoundError: neither available, with what to do.
+    """
+    import urllib.request
+
+    path = RESULTS_DIR / name
+    if path.exists():
+        return json.loads(path.read_text())
+    try:
+        with urllib.request.urlopen(RESULTS_URL + name, timeout=30) as response:
+            return json.loads(response.read())
+    except Exception as err:
+        raise FileNotFoundError(
+            f"{name} is not in {RESULTS_DIR} (vplib is installed without the course "
+            f"repository) and could not be downloaded from {RESULTS_URL} "
+            f"({type(err).__name__}: {err}). Clone the repository and run from it, or connect "
+            "to the internet.") from err
 
 
 def save_results(chapter: str, results: dict, *, started: float,
