@@ -114,7 +114,7 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, *,
     padded = F.pad(x, (pad, pad, pad, pad))
     batch = torch.arange(b, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2)
+    return out.permute(0, 3, 1, 2).contiguous()  # NCHW: CPU convolutions are slow on the permuted strides
 
 
 def _autocast(device: torch.device):
