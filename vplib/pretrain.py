@@ -4,16 +4,16 @@ No pretrained transformer installs offline, so the course trains its own: a timm
 ``VisionTransformer`` (Dosovitskiy et al., ICLR 2021) with a convolutional stem (Xiao et al.,
 NeurIPS 2021, "Early convolutions help transformers see better"; the stem is ours: two stages
 of two 3x3 conv + BN + GELU layers, the first of each with stride 2, and a 1x1 projection,
-giving the 7x7 token grid of a 4x4 patch embedding) on the Fashion-MNIST training split (validation carved from it; the test
-split is only evaluated at the end), with the same trainer as every chapter (``vplib.train.fit``:
-AdamW, linear warmup + cosine, label smoothing, random shift + horizontal flip on the device,
-exact resume after an interruption).
+giving the 7x7 token grid of a 4x4 patch embedding) on the Fashion-MNIST training split
+(validation carved from it; the test split is only evaluated at the end), with the same trainer
+as every chapter (``vplib.train.fit``: AdamW, linear warmup + cosine, label smoothing, random
+shift + horizontal flip on the device, exact resume after an interruption).
 
     python -m vplib.pretrain --out runs/vit_fashion            # the recipe below
     python -m vplib.pretrain --epochs 1 --max-train 512 ...     # a smoke run
     python -m vplib.pretrain --out runs/vit_fashion --ship      # install it into vplib/assets
 
-Width 160, depth 6, 4 heads: 1.9 M parameters, about 5 minutes an epoch on 2 CPU cores. With
+Width 160, depth 6, 4 heads: 1.98 M parameters, about 5 minutes an epoch on 2 CPU cores. With
 a plain 7x7 patch embedding (16 tokens) the same recipe underfit and stopped near 86% test
 accuracy (appendix A of the book). The model sees 3-channel images (the grayscale channel
 repeated), so the same input prompts work on it as on the ImageNet CNNs.
@@ -167,7 +167,6 @@ def ship(run_dir: Path) -> dict:
     import shutil
 
     from .backbones import ASSETS_DIR, load
-    from .train import evaluate
 
     ASSETS_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "vit_fashion.safetensors", ASSETS_DIR / "vit_fashion.safetensors")
