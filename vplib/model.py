@@ -169,7 +169,8 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
         options: method options. ``vp-*``: ``prompt_size`` (the frame width for ``vp-pad``,
             default 30; the patch side for ``vp-fixed`` / ``vp-random``, default 8; the name
             the official code uses) and ``init``. ``vpt-*``: ``length`` (10), ``dropout``. ``msvp``:
-            ``fusion``, ``scales``. ``insvp``: ``variant`` ("paper" | "official"), component
+            ``fusion``, ``scales``, ``init_std``, ``train_backbone`` (train the backbone jointly
+            with the prompt, as in the MSVP paper; default ``False``: frozen). ``insvp``: ``variant`` ("paper" | "official"), component
             switches and betas (see :mod:`vplib.prompts.insvp`). ``ap``: ``layer``,
             ``shared_over_positions``.
 
@@ -221,6 +222,8 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
         from .prompts.msvp import MultiScalePrompt
 
         kwargs["input_prompt"] = MultiScalePrompt(3, **_take(opts, ("scales", "fusion", "init_std")))
+        # The paper's setting trains the backbone jointly with the prompt (from scratch).
+        kwargs["train_backbone"] = bool(opts.pop("train_backbone", False))
     elif method == "insvp":
         _require_vit(backbone, method)
         kwargs.update(_build_insvp(backbone, size, opts))
