@@ -194,6 +194,9 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
 
     if method in ("linear", "full", "bias"):
         kwargs["train_backbone"] = method == "full"
+        if method == "full" and not opts.pop("train_backbone", True):
+            raise ValueError("full trains the backbone; train_backbone=False contradicts it "
+                             "(use linear for a frozen backbone).")
     elif method.startswith("vp-"):
         from .prompts import input as vp
 
