@@ -54,3 +54,18 @@ def test_run_grid_records_skips_finished_runs_and_summarizes(tmp_path, monkeypat
     row = table[table["method"] == "linear"].iloc[0]
     accs = [r["test_acc"] for r in records if r["method"] == "linear"]
     assert row["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+
+
+def test_data_options_and_export_merge(tmp_path):
+    quick = get_profile("quick")
+    runs = experiments.grid(["msvp"], ["msvp_cnn"], ["digits"],
+                            options=[{"epochs": 1, "train_backbone": True, "max_train": 50}])
+    records = experiments.run_grid(runs, tmp_path / "runs", quick, device="cpu", verbose=False)
+    assert records[0]["image_size"] == 28 and records[0]["n_train"] == 50  # native size, capped
+    path = experiments.export(records, "grid", "cmd one", results_dir=tmp_path)
+    other = dict(records[0], key="another")
+    experiments.export([other], "grid", "cmd two", results_dir=tmp_path)
+    experiments.export(records, "grid", "cmd one", results_dir=tmp_path)  # same key: replaced
+    saved = json.loads(path.read_text())
+    assert sorted(r["key"] for r in saved["records"]) == sorted([records[0]["key"], "another"])
+    assert saved["commands"] == ["cmd two", "cmd one"] and saved["profiles"] == ["quick"]

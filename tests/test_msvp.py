@@ -107,3 +107,54 @@ def test_concat_starts_as_add():
     torch.testing.assert_close(concat(x), add(x))
     # ... and the output is close to x: the frozen backbone sees (almost) its usual input.
     assert (concat(x) - x).abs().max() < 0.1
+
+
+# ---------------------------------------------------------------- the paper's setting: joint training
+
+@pytest.mark.parametrize("name, n_params, kind", [("msvp_cnn", 388_896, "cnn"),
+                                                  ("resnet18_cifar", 11_168_832, "cnn"),
+                                                  ("vit_tiny", 5_370_624, "vit")])
+def test_scratch_backbones_take_28px_and_have_no_source_head(name, n_params, kind):
+    import vplib
+
+    backbone = vplib.load(name)
+    assert backbone.kind == kind and backbone.input_size == 28 and backbone.class_names is None
+    assert sum(p.numel() for p in backbone.parameters()) == n_params
+    feats = backbone.features(backbone.normalize(torch.rand(2, 3, 28, 28)))
+    assert feats.shape == (2, backbone.num_features)
+    assert torch.equal(backbone.source_head(feats), feats)  # no ImageNet-style classifier
+
+
+def test_cifar_resnet_keeps_resolution_in_the_stem():
+    import vplib
+
+    model = vplib.load("resnet18_cifar").model
+    assert model.conv1.stride == (1, 1) and model.conv1.kernel_size == (3, 3)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_msvp_train_backbone_trains_backbone_and_prompt_jointly():
+    import vplib
+
+    torch.manual_seed(0)
+    joint = vplib.build("msvp", "msvp_cnn", 10, train_backbone=True)
+    frozen = vplib.build("msvp", "msvp_cnn", 10)
+    backbone_params = sum(p.numel() for p in joint.backbone.parameters())
+    assert joint.param_counts()["trainable"] == backbone_params + 243 + 256 * 10 + 10
+    assert frozen.param_counts()["trainable"] == 243 + 256 * 10 + 10
+    joint.train()
+    assert joint.backbone.training  # BatchNorm learns its statistics from scratch
+    before = [p.detach().clone() for p in joint.parameters()]
+    opt = torch.optim.SGD(joint.parameters(), lr=0.1)
+    x, y = torch.rand(8, 3, 28, 28), torch.arange(8)
+    torch.nn.functional.cross_entropy(joint(x), y).backward()
+    opt.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, joint.parameters())]
+    assert all(changed)
+
+
+def test_full_refuses_a_frozen_backbone():
+    import vplib
+
+    with pytest.raises(ValueError, match="contradicts"):
+        vplib.build("full", "msvp_cnn", 10, train_backbone=False)

@@ -1,5 +1,6 @@
 """Input prompts (VP), label mapping, VPT tokens and the prompted ViT forward loop."""
 
+import numpy as np
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -145,3 +146,20 @@ def test_wrong_image_size_for_the_vit_is_a_clear_error():
     b = tiny_vit()
     with pytest.raises(ValueError, match="expects"):
         prompted_vit_features(b.model, torch.randn(1, 3, 64, 64), PromptTokens(48, 3, 2, deep=True, patch_size=4))
+
+
+def test_prompted_inputs_show_what_the_backbone_sees():
+    import vplib
+    from vplib.plots import prompted_inputs, signed_image
+
+    model = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    plain = prompted_inputs(model, images)  # zero prompt: the images themselves
+    assert torch.allclose(plain, images.float() / 255, atol=1e-6)
+    with torch.no_grad():
+        model.input_prompt.top.fill_(10.0)  # a huge prompt saturates the top rows only
+    seen = prompted_inputs(model, images)
+    assert torch.equal(seen[:, :, :4], torch.ones_like(seen[:, :, :4]))
+    assert torch.allclose(seen[:, :, 4:], plain[:, :, 4:], atol=1e-6)
+    img = signed_image(torch.tensor([[[-2.0, 0.0, 1.0]]]))
+    assert np.allclose(img.ravel(), [0.0, 0.5, 0.75])

@@ -66,3 +66,29 @@ def training_curves(histories: dict, *, metric: str = "val_acc", ax=None):
     ax.set_ylabel(metric.replace("_", " "))
     ax.legend(frameon=False)
     return ax
+
+
+def signed_image(p: torch.Tensor, scale: float | None = None) -> np.ndarray:
+    """A signed ``(C, H, W)`` map (a prompt) -> an image in [0, 1] with 0 at mid-grey:
+    ``0.5 + p / (2 * scale)``, ``scale`` defaulting to ``max |p|``, so the largest value
+    is saturated and the sign is visible per channel."""
+    p = p.detach().float().cpu()
+    scale = float(p.abs().max()) if scale is None else float(scale)
+    return to_image(0.5 + p / (2 * max(scale, 1e-12)))
+
+
+@torch.no_grad()
+def prompted_inputs(model, images: torch.Tensor) -> torch.Tensor:
+    """What a :class:`~vplib.model.PromptedClassifier`'s backbone sees, in pixel space: the
+    images (uint8 or float in [0, 1]) normalised, passed through the input prompt, and mapped
+    back with the backbone's mean and std; clipped to [0, 1] for display."""
+    backbone = model.backbone
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    x = x.to(backbone.mean.device)
+    was_training = model.training
+    model.eval()
+    z = backbone.normalize(x)
+    if model.input_prompt is not None:
+        z = model.input_prompt(z)
+    model.train(was_training)
+    return (z * backbone.std + backbone.mean).clamp(0, 1).cpu()
