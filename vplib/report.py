@@ -45,7 +45,8 @@ def environment() -> dict:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = f"CPU: {_cpu_model()}, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        device = f"CPU: {_cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
     return {
         "profile": get_profile().name,
         "device": device,
