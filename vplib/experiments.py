@@ -26,8 +26,9 @@ epoch, images/s, peak GPU memory, the profile, device, versions, git commit and 
 
 Option keys that are ``fit`` settings (``FIT_KEYS``: ``epochs``, ``lr``, ``batch_size``, ...)
 go to ``fit``; ``DATA_KEYS`` (``image_size``, ``max_train``: a stratified cap on training
-images, never above the profile's) shape the data; every other key goes to ``vplib.build``. Unset learning rates come from
-``DEFAULT_LR``: per-method starting points for AdamW, not tuned values.
+images, never above the profile's) shape the data; every other key goes to ``vplib.build``.
+Unset learning rates come from ``DEFAULT_LR``: per-method starting points for AdamW, not
+tuned values.
 """
 
 from __future__ import annotations
