@@ -168,11 +168,11 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
             ``"ilm"``: the frozen source head read through a label mapping.
         options: method options. ``vp-*``: ``prompt_size`` (the frame width for ``vp-pad``,
             default 30; the patch side for ``vp-fixed`` / ``vp-random``, default 8; the name
-            the official code uses) and ``init``. ``vpt-*``: ``length`` (10), ``dropout``. ``msvp``:
-            ``fusion``, ``scales``, ``init_std``, ``train_backbone`` (train the backbone jointly
-            with the prompt, as in the MSVP paper; default ``False``: frozen). ``insvp``: ``variant`` ("paper" | "official"), component
-            switches and betas (see :mod:`vplib.prompts.insvp`). ``ap``: ``layer``,
-            ``shared_over_positions``.
+            the official code uses) and ``init``. ``vpt-*``: ``length`` (10), ``dropout``.
+            ``msvp``: ``fusion``, ``scales``, ``init_std``, ``train_backbone`` (train the
+            backbone jointly with the prompt, as in the MSVP paper; default ``False``: frozen).
+            ``insvp``: ``variant`` ("paper" | "official"), component switches and betas (see
+            :mod:`vplib.prompts.insvp`). ``ap``: ``layer``, ``shared_over_positions``.
 
     Raises:
         ValueError: unknown method, head or option; a token method on a CNN.
