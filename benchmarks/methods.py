@@ -3,8 +3,9 @@
 For each method of ``vplib.METHODS`` that applies, on one CNN and one ViT backbone, one run
 measures: prompt and trainable parameter counts, the wall time of a full training step
 (forward, backward, AdamW update) on a batch of random images of the right shape, the memory of
-the tensors autograd saves for the backward pass (device-independent: this is what activation
-prompts save by not backpropagating below their layer), and on CUDA the peak allocated memory.
+the activations autograd saves for the backward pass (``vplib.train.saved_for_backward_bytes``;
+device-independent: this is what activation prompts save by not backpropagating below their
+layer), and on CUDA the peak allocated memory.
 Prints a table and writes ``book/results/methods_<device>.json``.
 
     python benchmarks/methods.py                      # CPU defaults: MobileNetV2 @ 64 px, ViT-Tiny/16 @ 224
@@ -29,22 +30,6 @@ VIT_OPTIONS = {"vp-pad": {"prompt_size": 30}, "vp-fixed": {"prompt_size": 56},
                "vpt-shallow": {"length": 10}, "vpt-deep": {"length": 10},
                "insvp": {"variant": "official"}, "ap": {"layer": "blocks.2"}}
 TOKEN_METHODS = ("vpt-shallow", "vpt-deep", "insvp")
-
-
-def saved_tensor_bytes(model, x, y) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass of one training step."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return total
 
 
 def time_step(model, x, y, repeats: int, device: torch.device) -> float:
@@ -76,7 +61,7 @@ def run(backbone_name: str, pretrained: bool, size: int, options: dict, batch: i
         x = torch.rand(batch, 3, size, size, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
         counts = model.param_counts()
-        saved = saved_tensor_bytes(model, x, y)
+        saved = vplib.train.saved_for_backward_bytes(model, x, y)
         seconds = time_step(model, x, y, repeats, device)
         rows.append({
             "backbone": backbone_name, "image_size": size, "batch": batch, "method": method,

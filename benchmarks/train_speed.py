@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import vplib
-from methods import saved_tensor_bytes  # benchmarks/methods.py
 from vplib.data import Split, load_dataset
 from vplib.report import save_benchmark
 from vplib.train import fit
@@ -163,7 +162,7 @@ def compare(args, device, images: dict) -> list[dict]:
                    augment="crop_flip", device=device, compile=args.compile, verbose=False)
         ours = hist.epochs[-1]
         flops = step_flops(model.to(device), size, args.batch, device)
-        saved = saved_tensor_bytes(model, torch.rand(args.batch, 3, size, size, device=device),
+        saved = vplib.train.saved_for_backward_bytes(model, torch.rand(args.batch, 3, size, size, device=device),
                                    torch.randint(0, 10, (args.batch,), device=device))
         naive = build(backbone, pretrained, method, options, size)
         naive_s, naive_peak = naive_epochs(naive, data.train, args.batch, args.workers, device)

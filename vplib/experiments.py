@@ -52,7 +52,9 @@ DATA_KEYS = ("image_size", "max_train")
 
 DEFAULT_LR = {"linear": 1e-2, "full": 1e-4, "bias": 1e-3, "vp-pad": 1e-2, "vp-fixed": 1e-2,
               "vp-random": 1e-2, "vpt-shallow": 1e-2, "vpt-deep": 1e-2, "msvp": 1e-2,
-              "insvp": 1e-3, "ap": 1e-2}
+              "insvp": 3e-3, "ap": 1e-2}
+# insvp: the released code's CIFAR-100 rate. On the source ViT with 4 epochs of 1,200 MNIST
+# images, 1e-3 (28.3 %) and 1e-2 (22.2 %) both trained worse than 3e-3 (48.5 %).
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ INSVP_FEATURE_OPTIONS = ("length", "layers", "common_tokens", "specific_tokens",
 
 def _build_insvp(backbone: Backbone, size: int, opts: dict) -> dict:
     """``variant="paper"`` (default): the paper's convex mixing with beta_I = 0.7, beta_F = 0.5,
-    every part trained. ``variant="official"``: the released code (``p_patch + 2 p_global``,
+    feature prompt length L = 9 (Sec. 4.3), every part trained. ``variant="official"``: the released code (``p_patch + 2 p_global``,
     ``common + specific``, specific prompter left untrained unless ``train_specific=True``).
     Any component switch or beta given as an option overrides either variant."""
     from .prompts import insvp
@@ -274,7 +274,7 @@ def _build_insvp(backbone: Backbone, size: int, opts: dict) -> dict:
         image_kw, feature_kw = insvp.official_insvp_config()
     elif variant == "paper":
         image_kw = dict(combine="paper", beta_image=0.7)
-        feature_kw = dict(combine="paper", beta_feature=0.5)
+        feature_kw = dict(combine="paper", beta_feature=0.5, length=9)
     else:
         raise ValueError(f"insvp variant must be 'paper' or 'official', got {variant!r}")
     image_kw.update(_take(opts, INSVP_IMAGE_OPTIONS))
