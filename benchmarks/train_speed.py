@@ -162,8 +162,9 @@ def compare(args, device, images: dict) -> list[dict]:
                    augment="crop_flip", device=device, compile=args.compile, verbose=False)
         ours = hist.epochs[-1]
         flops = step_flops(model.to(device), size, args.batch, device)
-        saved = vplib.train.saved_for_backward_bytes(model, torch.rand(args.batch, 3, size, size, device=device),
-                                   torch.randint(0, 10, (args.batch,), device=device))
+        saved = vplib.train.saved_for_backward_bytes(
+            model, torch.rand(args.batch, 3, size, size, device=device),
+            torch.randint(0, 10, (args.batch,), device=device))
         naive = build(backbone, pretrained, method, options, size)
         naive_s, naive_peak = naive_epochs(naive, data.train, args.batch, args.workers, device)
         row = {

@@ -206,3 +206,24 @@ def test_cuda_pinned_host_path_and_compile(monkeypatch):
         warnings.filterwarnings("error", message="torch.compile")  # no silent fallback on a GPU
         hist = fit(compiled, data.train, data.val, compile=True, **kwargs)
     assert abs(hist.best["val_acc"] - ref.best["val_acc"]) <= 0.05
+
+
+def test_saved_for_backward_bytes_counts_activations_not_parameters():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 32), torch.randint(0, 4, (8,))
+    linear = nn.Linear(32, 4)
+    # A linear layer saves its input (8 x 32 floats) for the weight gradient; its weight is
+    # a parameter and is left out.
+    assert vplib.train.saved_for_backward_bytes(linear, x, y) >= 8 * 32 * 4
+    deep = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 4))
+    assert vplib.train.saved_for_backward_bytes(deep, x, y) > 8 * 256 * 4
+    assert linear.weight.grad is None  # gradients of the measuring step are cleared
+
+
+def test_activation_prompt_saves_less_for_backward_than_an_input_prompt():
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    vp = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    ap = vplib.build("ap", "mobilenet_v2", 10, image_size=32, layer="features.14")
+    vp_bytes = vplib.train.saved_for_backward_bytes(vp, x, y)
+    ap_bytes = vplib.train.saved_for_backward_bytes(ap, x, y)
+    assert 0 < ap_bytes < vp_bytes / 2
