@@ -185,3 +185,15 @@ def test_image_size_defaults_to_the_backbone_input_size(vit):
         assert ap.image_size == 224 and ap.delta.shape == (197, 192)
     finally:
         ap.detach()
+
+
+def test_a_backbone_carrying_another_models_prompt_is_refused():
+    backbone = vplib.load("vit_fashion")
+    first = vplib.build("ap", backbone, 10, layer="blocks.0")
+    with pytest.raises(ValueError, match="already carries an activation prompt"):
+        vplib.build("linear", backbone, 10)
+    first.activation_prompt.detach()
+    second = vplib.build("linear", backbone, 10)  # fine once the hook is gone
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(second.features(x), backbone.features(backbone.normalize(x)))

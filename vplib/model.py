@@ -175,7 +175,8 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
             :mod:`vplib.prompts.insvp`). ``ap``: ``layer``, ``shared_over_positions``.
 
     Raises:
-        ValueError: unknown method, head or option; a token method on a CNN.
+        ValueError: unknown method, head or option; a token method on a CNN; a backbone
+            that already carries another model's (attached) activation prompt.
     """
     from . import backbones as _backbones
 
@@ -188,6 +189,16 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
                          f"not {method!r}.")
     if isinstance(backbone, str):
         backbone = _backbones.load(backbone)
+    from .prompts.activation import attached_prompts
+
+    carried = attached_prompts(backbone.model)
+    if carried:
+        raise ValueError(
+            f"this {backbone.name} object already carries an activation prompt on "
+            f"{[p.layer for p in carried]} (a hook of a model built on it earlier), which would "
+            "be added inside the new model too. Load one backbone per model "
+            f"(vplib.load({backbone.name!r})), or call `model.activation_prompt.detach()` on "
+            "the earlier model first.")
     size = image_size or backbone.input_size
     opts = dict(options)
     kwargs: dict = {}

@@ -140,6 +140,17 @@ def _probe_output_shape(model: nn.Module, module: nn.Module, image_size: int) ->
     return shapes[0]
 
 
+def attached_prompts(model: nn.Module) -> list["ActivationPrompt"]:
+    """The activation prompts whose hooks are attached to ``model``'s layers right now."""
+    found = []
+    for module in model.modules():
+        for hook in module._forward_hooks.values():
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, ActivationPrompt) and owner not in found:
+                found.append(owner)
+    return found
+
+
 class ActivationPrompt(nn.Module):
     """A zero-initialised learnable ``delta`` added to one layer's output by a forward hook.
 
