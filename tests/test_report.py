@@ -67,3 +67,14 @@ def test_committed_results_read_locally_or_fail_with_what_to_do(tmp_path, monkey
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(FileNotFoundError, match="Clone the repository"):
         report.committed_results("01_linear_probing.json")
+
+
+def test_beats_chance_uses_three_binomial_standard_errors():
+    from vplib.report import beats_chance
+
+    # chance 0.1 on 900 images: se = 0.01, so the bar is 0.13
+    assert beats_chance(0.131, 900, 10) and not beats_chance(0.129, 900, 10)
+    assert not beats_chance(0.5, 4, 2)  # 2 of 4 right on a coin flip is chance
+    assert beats_chance(0.121, 900, 10, z=2)
+    with pytest.raises(ValueError):
+        beats_chance(0.5, 0, 10)

@@ -83,6 +83,15 @@ def committed_results(name: str) -> dict:
             "to the internet.") from err
 
 
+def beats_chance(acc: float, n: int, num_classes: int, *, z: float = 3.0) -> bool:
+    """Whether accuracy ``acc`` on ``n`` test images exceeds chance (``1 / num_classes``) by
+    more than ``z`` binomial standard errors of a chance-level classifier on ``n`` images."""
+    if n < 1 or num_classes < 2:
+        raise ValueError(f"need n >= 1 test images and num_classes >= 2, got {n}, {num_classes}")
+    chance = 1 / num_classes
+    return acc > chance + z * (chance * (1 - chance) / n) ** 0.5
+
+
 def save_results(chapter: str, results: dict, *, started: float,
                  results_dir: str | os.PathLike | None = None) -> Path:
     """Write ``results`` for ``chapter`` with runtime (since ``started``, a
