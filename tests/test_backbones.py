@@ -118,7 +118,7 @@ def test_source_vit_ships_and_loads_from_a_finished_run(tmp_path, monkeypatch):
     card = pretrain.pretrain(run, pretrain.ViTConfig(embed_dim=48, depth=1, num_heads=3),
                              pretrain.Recipe(epochs=1), max_train=128, max_eval=64, resume=False)
     monkeypatch.setattr(backbones, "ASSETS_DIR", tmp_path / "assets")
-    shipped = pretrain.ship(run)
+    shipped = pretrain.ship(run, "vit_fashion")
     assert shipped["sha256"] == card["sha256"] and 0 <= shipped["test_slice"]["acc"] <= 1
     assert shipped["history"]["best_epoch"] == card["best_epoch"]
     b = vplib.load("vit_fashion")
@@ -130,3 +130,25 @@ def test_source_vit_ships_and_loads_from_a_finished_run(tmp_path, monkeypatch):
         f.write(b"\x00" * 8)
     with pytest.raises(ChecksumError, match="sha256"):
         vplib.load("vit_fashion")
+
+
+def test_distilled_source_ships_with_imagenet_class_names(tmp_path, monkeypatch):
+    """A tiny distillation run shipped as `vit_distilled`: its head is the teacher's 1000
+    ImageNet classes, so label mapping (FLM / ILM) works on it as on the ImageNet CNNs."""
+    from vplib import data, pretrain
+
+    if data._fashion_mnist_offline() is None:
+        pytest.skip("dataset-fashion-mnist (Debian package) is not installed")
+    run = tmp_path / "run"
+    recipe = pretrain.DistillRecipe(pool_per_source=200, n_views=128, n_val=64, epochs=1)
+    config = pretrain.ViTConfig(embed_dim=48, depth=1, num_heads=3, num_classes=1000)
+    card = pretrain.distill(run, config, recipe, name="vit_distilled", resume=False,
+                            verbose=False)
+    monkeypatch.setattr(backbones, "ASSETS_DIR", tmp_path / "assets")
+    shipped = pretrain.ship(run, "vit_distilled")
+    assert shipped["sha256"] == card["sha256"] and 0 <= shipped["test_slice"]["acc"] <= 1
+    b = vplib.load("vit_distilled")
+    assert b.kind == "vit" and b.num_features == 48 and len(b.class_names) == 1000
+    assert b.class_names == backbones.imagenet_class_names()
+    model = vplib.build("vp-pad", b, 10, prompt_size=4, head="ilm")
+    assert model(torch.rand(2, 3, 28, 28)).shape == (2, 10)

@@ -69,3 +69,27 @@ def test_data_options_and_export_merge(tmp_path):
     saved = json.loads(path.read_text())
     assert sorted(r["key"] for r in saved["records"]) == sorted([records[0]["key"], "another"])
     assert saved["commands"] == ["cmd two", "cmd one"] and saved["profiles"] == ["quick"]
+
+
+def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, monkeypatch):
+    """The rate with the best *validation* accuracy is repeated over the other seeds, even
+    when another rate has the better test accuracy."""
+    calls = []
+
+    def fake_run_one(run, out_dir, profile=None, **kwargs):
+        lr = run.options["lr"]
+        calls.append((run.seed, lr))
+        val = {0.1: 0.5, 0.01: 0.9, 0.001: 0.7}[lr]
+        return {"key": run.key, "val_acc": val, "test_acc": 1 - val, "fit": {"lr": lr},
+                "seconds_per_epoch": 1.0,
+                "environment": {"profile": "quick"}}
+
+    monkeypatch.setattr(experiments, "run_one", fake_run_one)
+    settings = experiments.grid(["linear"], ["b"], ["d"], options=[{"epochs": 3}])
+    records = experiments.select_then_seed(settings, [0.1, 0.01, 0.001], tmp_path,
+                                           get_profile("quick"), seeds=(0, 1, 2),
+                                           verbose=False)
+    assert calls == [(0, 0.1), (0, 0.01), (0, 0.001), (1, 0.01), (2, 0.01)]
+    assert len(records) == 5
+    with pytest.raises(ValueError, match="at least one"):
+        experiments.select_then_seed(settings, [], tmp_path)

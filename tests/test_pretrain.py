@@ -1,5 +1,6 @@
-"""The source-ViT pretraining script, on a small slice (the full recipe runs for an hour)."""
+"""The source-ViT pretraining script, on small slices (the full recipes run for an hour)."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -8,7 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from vplib import data
+from vplib import pretrain as P
 from vplib.pretrain import Recipe, ViTConfig, create_vit, pretrain
+
+needs_fashion = pytest.mark.skipif(data._fashion_mnist_offline() is None,
+                                   reason="dataset-fashion-mnist (Debian package) is not installed")
+TINY = ViTConfig(embed_dim=32, depth=1, num_heads=2, num_classes=1000)
+TINY_RECIPE = P.DistillRecipe(pool_per_source=300, n_views=192, n_val=64, epochs=2,
+                              batch_size=64)
 
 
 @pytest.mark.skipif(data._fashion_mnist_offline() is None,
@@ -52,4 +60,91 @@ def test_conv_stem_keeps_the_patch_grid_and_works_with_token_prompts():
     with pytest.raises(ValueError, match="power-of-two"):
         create_vit(ViTConfig(patch_size=7, stem="conv"))
     with pytest.raises(ValueError, match="unknown stem"):
-        create_vit(ViTConfig(stem="hybrid"))
+        create_vit(ViTConfig(stem="linear"))
+
+
+@needs_fashion
+def test_distillation_is_deterministic_and_resumes_exactly(tmp_path):
+    """Two runs give the same weights; a run killed after its first epoch and started again
+    ends with the same weights and history as an uninterrupted one."""
+    first = P.distill(tmp_path / "a", TINY, TINY_RECIPE, resume=False, verbose=False)
+    again = P.distill(tmp_path / "b", TINY, TINY_RECIPE, resume=False, verbose=False)
+    assert first["sha256"] == again["sha256"]
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        P.distill(tmp_path / "c", TINY, TINY_RECIPE, resume=False, verbose=False,
+                  on_epoch_end=kill)
+    resumed = P.distill(tmp_path / "c", TINY, TINY_RECIPE, resume=True, verbose=False)
+    assert resumed["sha256"] == first["sha256"]
+    history = [json.loads((tmp_path / d / "history.json").read_text()) for d in ("a", "c")]
+    strip = [[{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+              for r in h["epochs"]] for h in history]
+    assert strip[0] == strip[1] and len(strip[0]) == 2
+    with pytest.raises(ValueError, match="other settings"):
+        P.distill(tmp_path / "c", TINY, dataclasses.replace(TINY_RECIPE, epochs=3),
+                  verbose=False)
+
+
+@needs_fashion
+def test_distillation_pool_never_holds_fashion_validation_or_test_images():
+    pool = P.distill_pool(("fashion",), 28, 10**6, seed=0)
+    assert torch.equal(pool, data.load_dataset("fashion_mnist", seed=0).train.images)
+    with pytest.raises(ValueError, match="unknown distillation source"):
+        P.distill_pool(("cifar10",), 28, 10, seed=0)
+
+
+def test_fractal_classes_are_seeded_distinct_and_non_empty():
+    x, y = P.fractal_images(6, 5, 28, seed=3)
+    assert x.shape == (30, 1, 28, 28) and x.dtype == torch.uint8 and y.tolist() == sorted(y.tolist())
+    x2, _ = P.fractal_images(6, 5, 28, seed=3)
+    assert torch.equal(x, x2)
+    fill = (x > 0).float().mean((1, 2, 3))
+    assert fill.min() > 0.01
+    means = torch.stack([x[y == c].float().mean(0) for c in range(6)])
+    assert (torch.cdist(means.flatten(1), means.flatten(1)) + torch.eye(6) * 1e9).min() > 1
+
+
+def test_views_are_seeded_and_in_range():
+    pool = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    views = [P.make_views(pool, 50, min_scale=0.25, mix_prob=0.5,
+                          generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert torch.equal(*views) and views[0].shape == (50, 1, 28, 28)
+
+
+def test_hybrid_stem_is_a_frozen_cnn_under_every_vit_method():
+    import vplib
+    from vplib.backbones import Backbone
+
+    def backbone():
+        vit = create_vit(ViTConfig(embed_dim=32, depth=2, num_heads=2, stem="hybrid"))
+        assert vit.patch_embed.grid_size == (7, 7) and vit.patch_embed.patch_size == (4, 4)
+        return Backbone("tiny_hybrid", vit, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=28,
+                        crop_pct=1.0, interpolation="bilinear", class_names=None,
+                        source="test")
+
+    for method, opts in [("vpt-deep", {}), ("insvp", {}), ("ap", {"layer": "blocks.0"})]:
+        model = vplib.build(method, backbone(), 5, **opts)
+        assert model(torch.rand(2, 3, 28, 28)).shape == (2, 5)
+    with pytest.raises(ValueError, match="stride 4"):
+        create_vit(ViTConfig(patch_size=8, stem="hybrid"))
+
+
+def test_logistic_probe_selects_on_validation_and_reports_test_only_when_asked():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = torch.randn(300, 5, generator=g) + 3 * torch.nn.functional.one_hot(y, 5)
+    split = [(x[i::3].numpy(), y[i::3].numpy()) for i in range(3)]
+    result = P.logistic_probe(split[0], split[1])
+    assert set(result) == {"C", "val_acc", "unconverged_C"} and result["C"] in P.PROBE_C
+    assert result["val_acc"] > 0.9
+    with_test = P.logistic_probe(split[0], split[1], split[2])
+    assert with_test["C"] == result["C"] and with_test["test_acc"] > 0.9
+    shuffled = (split[0][0], split[0][1][torch.randperm(100, generator=g).numpy()])
+    assert P.logistic_probe(shuffled, split[1])["val_acc"] < 0.6

@@ -12,11 +12,14 @@ Offline weights (no network needed; see ``OFFLINE_WEIGHTS``):
   renamed in order onto ``timm``'s ``tf_efficientnet_lite0``, which then reproduces the
   reference logits.
 
-* ``vit_fashion``: the course's own source Vision Transformer, pretrained on Fashion-MNIST by
-  ``python -m vplib.pretrain`` and shipped in ``vplib/assets`` (fp16 safetensors + a card with
-  its config, normalisation, accuracy and sha256); no transformer is installable offline.
-  A timm ``VisionTransformer`` with a convolutional stem: 28 px inputs, 7x7 patch tokens of
-  width 160, 6 blocks; its ``patch_embed`` reports ``patch_size=4`` (the stem's stride).
+* ``vit_distilled`` and ``vit_fashion``: the course's own source Vision Transformers (no
+  transformer is installable offline), trained by ``python -m vplib.pretrain`` and shipped in
+  ``vplib/assets`` (fp16 safetensors + a card with config, normalisation, recipe, history and
+  sha256; see :data:`SOURCE_VITS`). Both are timm ``VisionTransformer`` s with 28 px inputs,
+  7x7 patch tokens of width 160 and 6 blocks; their ``patch_embed`` reports ``patch_size=4``
+  (the stem's stride). ``vit_distilled`` has a hybrid stem (MobileNetV2's first stages) and
+  was distilled from MobileNetV2: its head gives the 1000 ImageNet classes. ``vit_fashion``
+  has a convolutional stem and was trained on Fashion-MNIST labels.
 
 From-scratch backbones for the MSVP paper's setting (always random init, trained *jointly*
 with the prompt; see ``SCRATCH``): ``msvp_cnn`` (4 conv blocks, 32/64/128/256 channels),
@@ -259,24 +262,32 @@ def _efficientnet_lite0(pretrained: bool):
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
-def _vit_fashion(pretrained: bool):
-    """The course's own source ViT (``python -m vplib.pretrain``), shipped with vplib."""
+# The course's own source ViTs, trained by ``python -m vplib.pretrain`` and shipped in
+# ``vplib/assets`` as ``NAME.safetensors`` (fp16) + ``NAME.json`` (the card).
+SOURCE_VITS = ("vit_distilled", "vit_fashion")
+
+
+def source_vit(name: str, pretrained: bool = True, folder: Path | None = None) -> Backbone:
+    """A source ViT from its card and weights in ``folder`` (default: the package's assets;
+    or a ``python -m vplib.pretrain`` run folder), checksum-verified, frozen."""
     from safetensors.torch import load_file
 
+    from .data import FASHION_CLASSES
     from .pretrain import ViTConfig, create_vit
 
-    card_path = ASSETS_DIR / "vit_fashion.json"
+    folder = ASSETS_DIR if folder is None else Path(folder)
+    card_path = folder / f"{name}.json"
     if not card_path.exists():
         raise AssetUnavailable(
-            "The source ViT is not shipped with this copy of vplib yet. Train it with "
-            "`python -m vplib.pretrain --out runs/vit_fashion`, then install it with "
-            "`python -m vplib.pretrain --out runs/vit_fashion --ship`.")
+            f"{card_path} is missing: the source ViT {name!r} is not in this copy of vplib. "
+            "Reinstall vplib from a full clone, or train it with `python -m vplib.pretrain` "
+            "(see appendix A of the book).")
     card = json.loads(card_path.read_text())
     config = ViTConfig(**card["config"])
     model = create_vit(config)
     source = "random init"
     if pretrained:
-        path = ASSETS_DIR / "vit_fashion.safetensors"
+        path = folder / f"{name}.safetensors"
         if not path.exists():
             raise AssetUnavailable(f"{path} is missing: reinstall vplib from a full clone, or "
                                    "retrain it with `python -m vplib.pretrain`.")
@@ -287,9 +298,11 @@ def _vit_fashion(pretrained: bool):
                                 "without updating its card.")
         model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
         source = f"offline: {path.name} (sha256 verified; trained by vplib.pretrain)"
-    return model, dict(mean=tuple(card["mean"]), std=tuple(card["std"]),
-                       input_size=config.img_size, crop_pct=1.0,
-                       interpolation="bilinear"), source
+    names = card.get("class_names", "fashion_mnist")
+    class_names = imagenet_class_names() if names == "imagenet" else list(FASHION_CLASSES)
+    return Backbone(name, model, mean=tuple(card["mean"]), std=tuple(card["std"]),
+                    input_size=config.img_size, crop_pct=1.0, interpolation="bilinear",
+                    class_names=class_names, source=source)
 
 
 def _timm(name: str, pretrained: bool):
@@ -365,7 +378,7 @@ def load(name: str, pretrained: bool = True) -> Backbone:
 
     Args:
         name: ``"mobilenet_v2"``, ``"efficientnet_lite0"`` (offline ImageNet CNNs),
-            ``"vit_fashion"`` (the course's source ViT, pretrained on Fashion-MNIST by
+            ``"vit_distilled"`` / ``"vit_fashion"`` (the course's source ViTs, trained by
             ``python -m vplib.pretrain`` and shipped with vplib), a from-scratch backbone of
             :data:`SCRATCH` (random init whatever ``pretrained`` says: they are trained jointly
             with a prompt), or any timm model name.
@@ -375,11 +388,8 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         ValueError: unknown name. AssetUnavailable: weights neither installed nor downloadable.
         ChecksumError: an offline weight file is corrupt.
     """
-    if name == "vit_fashion":
-        from .data import FASHION_CLASSES
-
-        model, cfg, source = _vit_fashion(pretrained)
-        return Backbone(name, model, class_names=list(FASHION_CLASSES), source=source, **cfg)
+    if name in SOURCE_VITS:
+        return source_vit(name, pretrained)
     if name in SCRATCH:
         return Backbone(name, SCRATCH[name](), mean=(0.5,) * 3, std=(0.5,) * 3, input_size=28,
                         crop_pct=1.0, interpolation="bilinear", class_names=None,

@@ -198,6 +198,30 @@ def run_grid(runs: list[Run], out_dir: str | os.PathLike, profile: Profile | Non
     return records
 
 
+def select_then_seed(runs: list[Run], lrs, out_dir: str | os.PathLike,
+                     profile: Profile | None = None, *, seeds=(0, 1, 2),
+                     device: str | None = None, verbose: bool = True) -> list[dict]:
+    """Tune each run's learning rate on validation, then repeat the chosen one over seeds.
+
+    For every run of ``runs`` (their own seed is ignored) the learning rates ``lrs`` are
+    trained with ``seeds[0]``; the rate with the best validation accuracy (ties: the first in
+    ``lrs``) is then trained with the other ``seeds``. Test accuracy plays no part in the
+    choice. Returns every record (the tuning runs first); resumable like :func:`run_grid`.
+    """
+    if not lrs or not seeds:
+        raise ValueError("select_then_seed needs at least one learning rate and one seed")
+    tuning = [Run(r.method, r.backbone, r.dataset, seeds[0], {**r.options, "lr": lr})
+              for r in runs for lr in lrs]
+    records = run_grid(tuning, out_dir, profile, device=device, verbose=verbose)
+    chosen = []
+    for i, run in enumerate(runs):
+        trials = records[i * len(lrs):(i + 1) * len(lrs)]
+        best = max(range(len(lrs)), key=lambda j: (trials[j]["val_acc"], -j))
+        chosen += [Run(run.method, run.backbone, run.dataset, s, {**run.options, "lr": lrs[best]})
+                   for s in seeds[1:]]
+    return records + run_grid(chosen, out_dir, profile, device=device, verbose=verbose)
+
+
 def export(records: list[dict], name: str, command: str,
            results_dir: str | os.PathLike | None = None) -> Path:
     """Add ``records`` to ``book/results/<name>.json`` with the ``command`` that produced
@@ -252,12 +276,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default=None, help="quick, standard or paper "
                         "(default: $VPLIB_PROFILE, else standard)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--lrs", nargs="+", type=float, default=None,
+                        help="choose each setting's learning rate on validation among these "
+                             "with the first seed, then run the other seeds at it")
     parser.add_argument("--save", default=None, metavar="NAME",
                         help="also write every record of the grid to book/results/NAME.json")
     args = parser.parse_args(argv)
     runs = grid(args.methods, args.backbones, args.datasets, seeds=args.seeds,
                 options=args.options)
-    records = run_grid(runs, args.out, get_profile(args.profile), device=args.device)
+    if args.lrs:
+        settings = grid(args.methods, args.backbones, args.datasets, options=args.options)
+        records = select_then_seed(settings, args.lrs, args.out, get_profile(args.profile),
+                                   seeds=args.seeds, device=args.device)
+    else:
+        records = run_grid(runs, args.out, get_profile(args.profile), device=args.device)
     if args.save:
         import shlex
         import sys
