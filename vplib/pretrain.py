@@ -533,12 +533,11 @@ def distill(out: Path, config: ViTConfig, recipe: DistillRecipe = DistillRecipe(
             sums += torch.stack([loss.detach(), kl.detach(), mse.detach()]) * len(idx)
         seconds = time.perf_counter() - t0
         model.eval()
-        with torch.no_grad():
-            val = torch.cat([_loss(model(v.float().div(255).expand(-1, 3, -1, -1)),
-                                   t_logits[n + i:n + i + len(v)], z_feats[n + i:n + i + len(v)],
-                                   recipe, reduction="none")
-                             for i, v in zip(range(0, recipe.n_val, 512), val_views.split(512))])
-        agree = _teacher_agreement(model, val_views, t_logits[n:])
+        with torch.no_grad():  # one pass over the validation views: loss and agreement
+            outs = [model(v.float().div(255).expand(-1, 3, -1, -1)) for v in val_views.split(512)]
+            v_logits, v_feats = (torch.cat(parts) for parts in zip(*outs))
+        val = _loss((v_logits, v_feats), t_logits[n:], z_feats[n:], recipe, reduction="none")
+        agree = (v_logits.argmax(1) == t_logits[n:].float().argmax(1)).float().mean().item()
         record = {"epoch": epoch + 1, "train_loss": sums[0].item() / n,
                   "train_kl": sums[1].item() / n, "train_feature_mse": sums[2].item() / n,
                   "val_loss": val.mean().item(), "val_top1_agreement": agree,
@@ -580,15 +579,6 @@ def distill(out: Path, config: ViTConfig, recipe: DistillRecipe = DistillRecipe(
     if verbose:
         print(f"{name}: {time.perf_counter() - started:.0f} s in this call")
     return card
-
-
-@torch.no_grad()
-def _teacher_agreement(model: Student, views: torch.Tensor, t_logits: torch.Tensor) -> float:
-    """Share of ``views`` on which the student's top-1 ImageNet class is the teacher's."""
-    preds = torch.cat([model(v.float().div(255).expand(-1, 3, -1, -1))[0].argmax(1)
-                       for v in views.split(512)])
-    return (preds == t_logits.float().argmax(1)).float().mean().item()
-
 
 
 # --------------------------------------------------------------------------- transfer probe
@@ -642,10 +632,10 @@ def transfer(backbone=None, targets=TARGETS, *, n_train: int = 3600, seed: int =
     target at ``size`` (default: the backbone's input size; pixels: native 28 px), trained on
     ``n_train`` images (stratified), ``C`` chosen on validation; test accuracy only when
     ``test=True``."""
+    if size is None and backbone is not None:
+        size = backbone.input_size
     results = {}
     for name in targets:
-        if size is None and backbone is not None:
-            size = backbone.input_size
         d = load_dataset(name, size=size, rgb=backbone is not None, seed=seed,
                          max_train=n_train, max_eval=max_eval)
 
