@@ -47,3 +47,19 @@ def test_reaches_its_recorded_accuracy_on_the_test_slice(name):
     acc = slice_accuracy(vplib.load(name), card)
     assert card["test_slice"]["first"] == SLICE
     assert abs(acc - card["test_slice"]["acc"]) <= 2 / SLICE, (acc, card["test_slice"])
+
+
+def test_block_features_of_the_last_block_start_with_the_class_token():
+    from vplib.pretrain import block_features, class_token_features, transfer
+
+    vit = vplib.load("vit_distilled")
+    images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8)
+    last = block_features(vit, images, len(vit.model.blocks))
+    width = vit.model.embed_dim
+    assert last.shape == (4, 2 * width)
+    assert torch.allclose(last[:, :width], class_token_features(vit, images))
+    assert not torch.allclose(block_features(vit, images, 1)[:, :width], last[:, :width])
+    with pytest.raises(ValueError, match="block must be in 1..6"):
+        block_features(vit, images, 0)
+    with pytest.raises(ValueError, match="raw pixels have no blocks"):
+        transfer(None, block=1)

@@ -594,6 +594,23 @@ def class_token_features(backbone, images: torch.Tensor) -> torch.Tensor:
                       for chunk in images.split(512)])
 
 
+@torch.no_grad()
+def block_features(backbone, images: torch.Tensor, block: int) -> torch.Tensor:
+    """A ViT backbone's tokens after block ``block`` (1-based) of uint8 images, through the
+    final norm: the class token and the mean patch token, concatenated."""
+    model = backbone.model
+    if not 1 <= block <= len(model.blocks):
+        raise ValueError(f"block must be in 1..{len(model.blocks)}, got {block}")
+    out = []
+    for chunk in images.split(512):
+        x = model._pos_embed(model.patch_embed(backbone.normalize(chunk.float() / 255)))
+        for layer in model.blocks[:block]:
+            x = layer(x)
+        x = model.norm(x)
+        out.append(torch.cat([x[:, 0], x[:, model.num_prefix_tokens:].mean(1)], dim=1))
+    return torch.cat(out)
+
+
 def logistic_probe(train, val, test=None, *, Cs=PROBE_C) -> dict:
     """A converged linear probe: standardised features, multinomial logistic regression
     (L-BFGS), ``C`` chosen on ``val`` among the values of ``Cs`` whose fit converged (within
@@ -627,13 +644,16 @@ def logistic_probe(train, val, test=None, *, Cs=PROBE_C) -> dict:
 
 
 def transfer(backbone=None, targets=TARGETS, *, n_train: int = 3600, seed: int = 0,
-             test: bool = False, max_eval: int | None = None, size: int | None = None) -> dict:
+             test: bool = False, max_eval: int | None = None, size: int | None = None,
+             block: int | None = None) -> dict:
     """Converged class-token linear probe of ``backbone`` (``None``: the raw pixels) on each
     target at ``size`` (default: the backbone's input size; pixels: native 28 px), trained on
     ``n_train`` images (stratified), ``C`` chosen on validation; test accuracy only when
-    ``test=True``."""
+    ``test=True``. With ``block``, a ViT is probed on :func:`block_features` of that block."""
     if size is None and backbone is not None:
         size = backbone.input_size
+    if block is not None and backbone is None:
+        raise ValueError("block needs a ViT backbone; the raw pixels have no blocks")
     results = {}
     for name in targets:
         d = load_dataset(name, size=size, rgb=backbone is not None, seed=seed,
@@ -642,6 +662,8 @@ def transfer(backbone=None, targets=TARGETS, *, n_train: int = 3600, seed: int =
         def feats(split):
             if backbone is None:
                 return split.images.flatten(1).float().numpy() / 255, split.labels.numpy()
+            if block is not None:
+                return block_features(backbone, split.images, block).numpy(), split.labels.numpy()
             return class_token_features(backbone, split.images).numpy(), split.labels.numpy()
 
         results[name] = logistic_probe(feats(d.train), feats(d.val),
@@ -719,6 +741,65 @@ def compare(root: Path) -> dict:
     return {"baselines": baselines, "candidates": found}
 
 
+CARD_SIZES = (1200, 3600)  # training images of the model card's test probes
+
+
+def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> dict:
+    """The measurements of a shipped source's model card (appendix A), written to ``path``
+    (JSON) after each entry, so an interrupted call resumes where it stopped:
+
+    - ``test``: the converged probe (:func:`transfer`, ``test=True``) of the raw pixels, the
+      first source ``vit_fashion``, the source ``name`` and, for a distilled source, its teacher
+      at its distillation input size, with each of ``sizes`` training images (the same
+      images for every source);
+    - ``blocks``: the validation accuracy of the probe on :func:`block_features` of every block
+      of ``name``, with ``sizes[0]`` training images.
+
+    The learning-rate-free probe chooses ``C`` on validation; test accuracy is read once, at
+    that ``C``. Takes about 20 minutes on 2 CPU threads."""
+    from .backbones import load
+
+    path = Path(path)
+    result = json.loads(path.read_text()) if path.exists() else {}
+    if result.get("source", name) != name or result.get("sizes", list(sizes)) != list(sizes):
+        raise ValueError(f"{path} holds probes of {result.get('source')} with sizes "
+                         f"{result.get('sizes')}; pass another path or delete it")
+    result.update(source=name, sizes=list(sizes), targets=list(TARGETS))
+    result.setdefault("test", {})
+    result.setdefault("blocks", {})
+    sources = {"pixels": (lambda: None, None), "vit_fashion": (lambda: load("vit_fashion"), None),
+               name: (lambda: load(name), None)}
+    recipe = SOURCES[name][2] if name in SOURCES else None
+    if isinstance(recipe, DistillRecipe):
+        sources["teacher"] = (lambda: load(recipe.teacher), recipe.teacher_size)
+
+    def save():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(path)
+
+    for n in sizes:
+        for label, (make, size) in sources.items():
+            key = f"{label}@{n}"
+            if key in result["test"]:
+                continue
+            t0 = time.perf_counter()
+            probe = transfer(make(), n_train=n, test=True, size=size)
+            result["test"][key] = {"features": label, "n_train": n, "results": probe,
+                                   "seconds": round(time.perf_counter() - t0, 1)}
+            save()
+    vit = load(name)
+    for block in range(1, len(vit.model.blocks) + 1):
+        if str(block) in result["blocks"]:
+            continue
+        result["blocks"][str(block)] = transfer(vit, n_train=sizes[0], block=block)
+        save()
+    result["environment"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    save()
+    return result
+
+
 # The shipped sources: name -> (description, architecture, recipe). ``vit_distilled`` is the
 # ``hybrid_distill`` candidate (the best on validation transfer) scaled up: the whole
 # Fashion-MNIST training split and 60,000 photo crops in the pool, 100,000 views, 4 epochs;
@@ -787,10 +868,16 @@ def main() -> None:
                         help="copy the finished run in --out into vplib/assets (no training)")
     parser.add_argument("--candidate", choices=sorted(CANDIDATES),
                         help="train one candidate recipe at small scale and probe its transfer")
+    parser.add_argument("--card-probes", metavar="JSON", type=Path,
+                        help="measure the model card's test and block probes of --recipe "
+                             "(resumable) into JSON")
     parser.add_argument("--compare", metavar="JSON", type=Path,
                         help="write the candidate table (finished candidates in --out, "
                              "default runs/candidates, beside the baselines) to JSON")
     args = parser.parse_args()
+    if args.card_probes:
+        card_probes(args.card_probes, args.recipe)
+        return
     if args.compare:
         args.compare.write_text(json.dumps(compare(args.out or Path("runs/candidates")),
                                            indent=1) + "\n")
