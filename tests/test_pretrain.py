@@ -148,3 +148,32 @@ def test_logistic_probe_selects_on_validation_and_reports_test_only_when_asked()
     assert with_test["C"] == result["C"] and with_test["test_acc"] > 0.9
     shuffled = (split[0][0], split[0][1][torch.randperm(100, generator=g).numpy()])
     assert P.logistic_probe(shuffled, split[1])["val_acc"] < 0.6
+
+
+def test_card_probes_measure_test_once_per_source_resume_and_refuse_other_settings(
+        tmp_path, monkeypatch):
+    calls = []
+
+    def fake_transfer(backbone=None, targets=P.TARGETS, *, n_train=3600, test=False, size=None,
+                      block=None, **_):
+        calls.append((getattr(backbone, "name", None), n_train, test, size, block))
+        return {t: {"C": 1.0, "val_acc": 0.5, **({"test_acc": 0.4} if test else {})}
+                for t in targets}
+
+    monkeypatch.setattr(P, "transfer", fake_transfer)
+    path = tmp_path / "probes.json"
+    result = P.card_probes(path, "vit_distilled", sizes=(10, 20))
+    tests = [c for c in calls if c[4] is None]
+    assert {(c[0], c[1]) for c in tests} == {
+        (name, n) for name in (None, "vit_fashion", "vit_distilled", "mobilenet_v2")
+        for n in (10, 20)} and len(tests) == 8
+    assert all(c[2] for c in tests)  # the test probes read test accuracy ...
+    assert ("mobilenet_v2", 10, True, 64, None) in calls  # ... the teacher at its own size
+    blocks = [c for c in calls if c[4] is not None]
+    assert [c[4] for c in blocks] == [1, 2, 3, 4, 5, 6] and not any(c[2] for c in blocks)
+    assert json.loads(path.read_text()) == result and result["sizes"] == [10, 20]
+    calls.clear()
+    assert P.card_probes(path, "vit_distilled", sizes=(10, 20))["test"] == result["test"]
+    assert calls == []  # everything was already measured
+    with pytest.raises(ValueError, match="pass another path or delete it"):
+        P.card_probes(path, "vit_distilled", sizes=(10,))

@@ -795,7 +795,11 @@ def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> di
             continue
         result["blocks"][str(block)] = transfer(vit, n_train=sizes[0], block=block)
         save()
+    from .experiments import _git_commit
+
     result["environment"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    result.setdefault("git_commit", _git_commit())
+    result.setdefault("command", f"python -m vplib.pretrain --recipe {name} --card-probes {path}")
     save()
     return result
 
