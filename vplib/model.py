@@ -134,14 +134,12 @@ class PromptedClassifier(nn.Module):
 # --------------------------------------------------------------------------- build
 
 def _bias_tuning(backbone: Backbone) -> None:
-    """Make biases and normalisation-layer affine parameters trainable (BitFit-style), except
-    the source classifier's, which the model does not use; the backbone stays in eval mode, so
-    BatchNorm keeps its stored statistics."""
+    """Make biases and normalisation-layer affine parameters trainable (BitFit-style); the
+    backbone stays in eval mode, so BatchNorm keeps its stored statistics."""
     norms = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
-    unused = {id(p) for p in backbone.source_classifier.parameters()}
     for module in backbone.modules():
         for name, p in module.named_parameters(recurse=False):
-            if (name == "bias" or isinstance(module, norms)) and id(p) not in unused:
+            if name == "bias" or isinstance(module, norms):
                 p.requires_grad_(True)
 
 
