@@ -756,7 +756,7 @@ def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> di
       of ``name``, with ``sizes[0]`` training images.
 
     The learning-rate-free probe chooses ``C`` on validation; test accuracy is read once, at
-    that ``C``. Takes about 20 minutes on 2 CPU threads."""
+    that ``C``. Takes about half an hour on one CPU thread."""
     from .backbones import load
 
     path = Path(path)
