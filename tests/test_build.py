@@ -141,5 +141,7 @@ def test_misuse_gives_clear_errors():
         vplib.build("ap", cnn, 10, image_size=32)
     with pytest.raises(ValueError, match="features"):
         vplib.build("ap", cnn, 10, image_size=32, layer="blocks.0")
+    with pytest.raises(TypeError, match=r"got a VisionTransformer.*vplib.load\(name\)"):
+        vplib.build("vpt-deep", tiny_vit().model, 10)  # a bare timm model, not a Backbone
     assert set(vplib.METHODS) == {"linear", "full", "bias", "vp-pad", "vp-fixed", "vp-random",
                                   "vpt-shallow", "vpt-deep", "msvp", "insvp", "ap"}

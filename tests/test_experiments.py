@@ -93,3 +93,22 @@ def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, 
     assert len(records) == 5
     with pytest.raises(ValueError, match="at least one"):
         experiments.select_then_seed(settings, [], tmp_path)
+
+
+def test_grid_data_cache_holds_one_dataset_at_a_time(monkeypatch):
+    loaded = []
+
+    def fake_load(name, *, size, rgb, max_train, max_eval):
+        loaded.append(name)
+        return object()
+
+    monkeypatch.setattr("vplib.data.load_dataset", fake_load)
+    experiments._data.cache_clear()
+    try:
+        first = experiments._data("mnist", 28, 100, 50)
+        assert experiments._data("mnist", 28, 100, 50) is first  # reused within a dataset
+        experiments._data("animal_silhouettes", 28, 100, 50)
+        assert experiments._data.cache_info().currsize == 1  # the earlier dataset was released
+        assert loaded == ["mnist", "animal_silhouettes"]
+    finally:
+        experiments._data.cache_clear()

@@ -103,7 +103,9 @@ def _git_commit() -> str | None:
     return head + ("-dirty" if dirty.strip() else "")
 
 
-@functools.lru_cache(maxsize=8)
+# One dataset at a time: a grid runs every method and seed of a dataset before the next, and
+# a whole dataset at paper size is gigabytes of host memory.
+@functools.lru_cache(maxsize=1)
 def _data(name: str, size: int, max_train: int | None, max_eval: int | None):
     from .data import load_dataset
 

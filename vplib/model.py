@@ -177,6 +177,8 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
     Raises:
         ValueError: unknown method, head or option; a token method on a CNN; a backbone
             that already carries another model's (attached) activation prompt.
+        TypeError: ``backbone`` is neither a name nor a :class:`Backbone` (e.g. a bare timm
+            model).
     """
     from . import backbones as _backbones
 
@@ -189,6 +191,12 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
                          f"not {method!r}.")
     if isinstance(backbone, str):
         backbone = _backbones.load(backbone)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(
+            f"backbone must be a name or a vplib Backbone, got a {type(backbone).__name__}. "
+            "Pass a name (e.g. 'mobilenet_v2') or vplib.load(name); wrap any other timm or "
+            "torchvision model in vplib.backbones.Backbone (see its docstring), which gives it "
+            "its normalisation, frozen weights and the features / source-head split.")
     from .prompts.activation import attached_prompts
 
     carried = attached_prompts(backbone.model)
