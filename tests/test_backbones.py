@@ -152,3 +152,20 @@ def test_distilled_source_ships_with_imagenet_class_names(tmp_path, monkeypatch)
     assert b.class_names == backbones.imagenet_class_names()
     model = vplib.build("vp-pad", b, 10, prompt_size=4, head="ilm")
     assert model(torch.rand(2, 3, 28, 28)).shape == (2, 10)
+
+
+def test_a_timm_vit_subclass_counts_as_a_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vplib.prompts.activation import layer_names
+
+    class MyViT(VisionTransformer):
+        pass
+
+    model = MyViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    b = backbones.Backbone("my_vit", model, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=32,
+                           crop_pct=1.0, interpolation="bilinear", class_names=None,
+                           source="random init")
+    assert b.kind == "vit"
+    assert vplib.build("vpt-deep", b, 10).token_prompt is not None  # token prompts accept it
+    assert "blocks.0" in layer_names(model)  # a bare subclass is read as a ViT too

@@ -106,6 +106,13 @@ def offline_weights_path(name: str) -> Path | None:
     return path
 
 
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm Vision Transformer (subclasses included)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
+
+
 class Backbone(nn.Module):
     """A frozen pretrained classifier split as ``normalize -> features -> source_head``.
 
@@ -128,7 +135,7 @@ class Backbone(nn.Module):
         self.class_names = class_names
         self.source = source
         self.is_timm = hasattr(model, "forward_head")
-        self.kind = "vit" if type(model).__name__ == "VisionTransformer" else "cnn"
+        self.kind = "vit" if is_vit(model) else "cnn"
         self.num_features = self._probe_features()
         self.freeze()
 

@@ -51,7 +51,9 @@ def _model_and_kind(backbone) -> tuple[nn.Module, str]:
     model = getattr(backbone, "model", backbone)
     kind = getattr(backbone, "kind", None)
     if kind is None:
-        kind = "vit" if type(model).__name__ == "VisionTransformer" else "cnn"
+        from ..backbones import is_vit
+
+        kind = "vit" if is_vit(model) else "cnn"
     return model, kind
 
 
