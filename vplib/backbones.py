@@ -280,7 +280,7 @@ def source_vit(name: str, pretrained: bool = True, folder: Path | None = None) -
     from safetensors.torch import load_file
 
     from .data import FASHION_CLASSES
-    from .pretrain import ViTConfig, create_vit
+    from .vit import ViTConfig, create_vit
 
     folder = ASSETS_DIR if folder is None else Path(folder)
     card_path = folder / f"{name}.json"

@@ -49,21 +49,10 @@ import torch.nn.functional as F
 from .backbones import sha256sum
 from .data import load_dataset
 from .train import evaluate, fit
+from .vit import ViTConfig, create_vit  # noqa: F401 (the architecture; re-exported)
 
 FASHION_MEAN = (0.286, 0.286, 0.286)  # of the Fashion-MNIST training images, in [0, 1]
 FASHION_STD = (0.353, 0.353, 0.353)
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    img_size: int = 28
-    patch_size: int = 4
-    embed_dim: int = 160
-    depth: int = 6
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    num_classes: int = 10
-    stem: str = "conv"  # "patch": timm's linear patch embedding; "conv": ConvStem
 
 
 @dataclass(frozen=True)
@@ -79,74 +68,6 @@ class Recipe:
     data: str = "fashion_mnist"  # or "fractals": formula-driven classes (fractal_images)
     fractal_classes: int = 100
     fractal_per_class: int = 300
-
-
-def _conv_stem_class():
-    from timm.layers import PatchEmbed
-
-    class ConvStem(PatchEmbed):
-        """timm's ``PatchEmbed`` with its single strided projection replaced by a small
-        convolutional stem (Xiao et al., 2021, "Early convolutions help transformers see
-        better"): ``log2(patch)`` stages of two 3x3 conv + BN + GELU layers (the first with
-        stride 2), then a 1x1 projection to the embedding width. Same interface and token
-        grid as a ``patch``-sized patch embedding, so everything that reads ``patch_embed``
-        (token prompts, InsVP) works."""
-
-        def __init__(self, img_size, patch_size, in_chans, embed_dim, **kwargs):
-            super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                             embed_dim=embed_dim, **kwargs)
-            stages = patch_size.bit_length() - 1
-            if 2 ** stages != patch_size:
-                raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
-            layers, width = [], in_chans
-            for i in range(stages):
-                out = embed_dim // 2 ** (stages - i)
-                for stride in (2, 1):
-                    layers += [nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False),
-                               nn.BatchNorm2d(out), nn.GELU()]
-                    width = out
-            layers.append(nn.Conv2d(width, embed_dim, 1))
-            self.proj = nn.Sequential(*layers)
-
-    return ConvStem
-
-
-def _hybrid_stem_class():
-    from timm.layers import PatchEmbed
-
-    class HybridStem(PatchEmbed):
-        """timm's ``PatchEmbed`` whose projection is the first four feature stages of
-        torchvision's MobileNetV2 (Sandler et al., CVPR 2018; stride 4, 24 channels) followed
-        by a 1x1 projection to the embedding width: the hybrid ViT of Dosovitskiy et al. (2021,
-        section 3.1) with an ImageNet CNN's early layers as the patch embedding. The MobileNetV2
-        layers start from the offline ImageNet weights (:func:`pretrain` loads them) and stay
-        frozen while the transformer is trained. Same token grid as a patch-4 embedding."""
-
-        def __init__(self, img_size, patch_size, in_chans, embed_dim, **kwargs):
-            import torchvision
-
-            super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                             embed_dim=embed_dim, **kwargs)
-            if patch_size not in (4, (4, 4)):
-                raise ValueError(f"the hybrid stem has stride 4: patch_size must be 4, "
-                                 f"got {patch_size}")
-            cnn = torchvision.models.mobilenet_v2().features[:4]
-            self.proj = nn.Sequential(cnn, nn.Conv2d(24, embed_dim, 1))
-
-    return HybridStem
-
-
-def create_vit(config: ViTConfig) -> nn.Module:
-    from timm.layers import PatchEmbed
-    from timm.models.vision_transformer import VisionTransformer
-
-    stems = {"patch": PatchEmbed, "conv": _conv_stem_class(), "hybrid": _hybrid_stem_class()}
-    if config.stem not in stems:
-        raise ValueError(f"unknown stem {config.stem!r}; use one of {sorted(stems)}")
-    return VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=3,
-                             embed_dim=config.embed_dim, depth=config.depth,
-                             num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
-                             num_classes=config.num_classes, embed_layer=stems[config.stem])
 
 
 class Normalized(nn.Module):
