@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .backbones import Backbone
+from .train import EVAL_BATCH, _batched
 
 METHODS = ("linear", "full", "bias", "vp-pad", "vp-fixed", "vp-random", "vpt-shallow",
            "vpt-deep", "msvp", "insvp", "ap")
@@ -101,13 +102,11 @@ class PromptedClassifier(nn.Module):
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, images: torch.Tensor, labels: torch.Tensor,
-                       batch_size: int = 256) -> None:
+                       batch_size: int = EVAL_BATCH) -> None:
         """Called by ``fit`` before each epoch: (re)computes a label mapping when it is due
         (FLM once, ILM every epoch) from the source predictions on the training images."""
         if self.label_mapping is None or not self.label_mapping.needs_update():
             return
-        from .train import _batched
-
         was_training = self.training
         self.eval()
         source_logits = _batched(lambda x: self.backbone.source_head(self.features(x)), images,

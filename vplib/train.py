@@ -50,6 +50,7 @@ with warnings.catch_warnings():  # no ipywidgets (plain Jupyter): tqdm falls bac
 from .data import Split
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+EVAL_BATCH = 256  # images per forward pass when features, predictions or validation are computed
 
 
 def default_device() -> torch.device:
@@ -236,7 +237,7 @@ def _fits_on(device: torch.device, *tensors: torch.Tensor, share: float = 0.5) -
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
+def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = EVAL_BATCH,
             device: torch.device | str | None = None) -> torch.Tensor:
     """Logits of ``model`` for uint8 ``images`` ``(N, C, H, W)``, in eval mode."""
     device = torch.device(device) if device is not None else default_device()
@@ -248,7 +249,7 @@ def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256,
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH,
              device: torch.device | str | None = None) -> dict[str, float]:
     """Cross-entropy ``loss`` and top-1 ``acc`` of ``model`` on ``split`` (eval mode)."""
     logits = predict(model, split.images, batch_size=batch_size, device=device)
@@ -347,8 +348,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     t_cache = time.perf_counter()
     if cached:  # linear probing: the frozen part runs once, the head trains on its output
         model.eval()
-        x_train = _batched(model.features, train.images, 256, device, convert=True)
-        x_val = _batched(model.features, val.images, 256, device, convert=True)
+        x_train = _batched(model.features, train.images, EVAL_BATCH, device, convert=True)
+        x_val = _batched(model.features, val.images, EVAL_BATCH, device, convert=True)
         step_fn, eval_fn = model.head, model.head
         cache_seconds = round(time.perf_counter() - t_cache, 3)
     elif _fits_on(device, train.images, val.images):
@@ -462,7 +463,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
 
         model.eval()
         with torch.no_grad():
-            val_logits = _batched(eval_fn, x_val, 256, device, convert=not cached)
+            val_logits = _batched(eval_fn, x_val, EVAL_BATCH, device, convert=not cached)
         val_scores = _scores(val_logits, y_val)
         record = {
             "epoch": epoch + 1,
