@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -194,8 +195,6 @@ def distributed_context(device: torch.device | None = None) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return _Dist()
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         cuda = (device.type == "cuda") if device is not None else torch.cuda.is_available()
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -453,8 +452,6 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
             loss_sum += batch_loss
             correct += (logits.argmax(1) == y).sum()
         if ctx.world > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(loss_sum)
             dist.all_reduce(correct)
         if device.type == "cuda":
@@ -501,8 +498,6 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                 "best_state": best_state,
             }, ckpt_path)
         if ckpt_path is not None and ctx.world > 1:
-            import torch.distributed as dist
-
             dist.barrier()  # no process resumes from a checkpoint that is still being written
 
     if best_state is not None:
