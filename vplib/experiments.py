@@ -120,7 +120,7 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
     from .backbones import SCRATCH, load
     from .model import build
     from .report import environment
-    from .train import evaluate, fit
+    from .train import _atomic_write_json, evaluate, fit
 
     profile = profile or get_profile()
     out_dir = Path(out_dir)
@@ -164,10 +164,7 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{run.key}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    _atomic_write_json(record, out_dir / f"{run.key}.json")
     return record
 
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from .backbones import sha256sum
 from .data import load_dataset
-from .train import evaluate, fit
+from .train import _atomic_write_json, evaluate, fit
 from .vit import ViTConfig, create_vit  # noqa: F401 (the architecture; re-exported)
 
 FASHION_MEAN = (0.286, 0.286, 0.286)  # of the Fashion-MNIST training images, in [0, 1]
@@ -688,17 +688,16 @@ def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> di
     result.update(source=name, sizes=list(sizes), targets=list(TARGETS))
     result.setdefault("test", {})
     result.setdefault("blocks", {})
+    vit = load(name)
     sources = {"pixels": (lambda: None, None), "vit_fashion": (lambda: load("vit_fashion"), None),
-               name: (lambda: load(name), None)}
+               name: (lambda: vit, None)}
     recipe = SOURCES[name][2] if name in SOURCES else None
     if isinstance(recipe, DistillRecipe):
         sources["teacher"] = (lambda: load(recipe.teacher), recipe.teacher_size)
 
     def save():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(path)
+        _atomic_write_json(result, path)
 
     for n in sizes:
         for label, (make, size) in sources.items():
@@ -710,7 +709,6 @@ def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> di
             result["test"][key] = {"features": label, "n_train": n, "results": probe,
                                    "seconds": round(time.perf_counter() - t0, 1)}
             save()
-    vit = load(name)
     for block in range(1, len(vit.model.blocks) + 1):
         if str(block) in result["blocks"]:
             continue

@@ -146,6 +146,13 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a kill during the write never leaves a half-written checkpoint
 
 
+def _atomic_write_json(obj, path: Path, indent: int = 1) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file, like :func:`_atomic_save`."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+    os.replace(tmp, path)
+
+
 def _cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
