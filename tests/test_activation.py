@@ -59,25 +59,28 @@ def test_unknown_or_wrong_kind_layer_is_a_clear_error(mobilenet, vit):
 # ----------------------------------------------------------------------------- CNN
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_cnn_delta_shape_zero_init_and_attach_detach(mobilenet, images, shared):
+def test_cnn_delta_shape_zero_init_and_scoped_hook(mobilenet, images, shared):
     reference = mobilenet(images)
     ap = ActivationPrompt(mobilenet, "features.14", SIZE, shared_over_positions=shared)
     try:
         channels, h, w = ap.activation_shape  # features.14 at 64 px: (160, 2, 2)
         assert ap.delta.shape == ((channels, 1, 1) if shared else (channels, h, w))
         assert [n for n, _ in ap.named_parameters()] == ["delta"]  # backbone is not a submodule
-        torch.testing.assert_close(mobilenet(images), reference, rtol=0, atol=0)
-
+        assert not ap.attached and not ap.target._forward_hooks  # no hook at rest
         with torch.no_grad():
             ap.delta.normal_()
-        assert not torch.allclose(mobilenet(images), reference)
-        ap.attach()  # idempotent: still one hook
-        assert len(ap.target._forward_hooks) == 1
-        ap.detach().detach()
         torch.testing.assert_close(mobilenet(images), reference, rtol=0, atol=0)
         with ap:
             assert not torch.allclose(mobilenet(images), reference)
-        assert not ap.attached
+            with ap:  # nested: still one hook, still applied after the inner block
+                assert len(ap.target._forward_hooks) == 1
+            assert ap.attached
+        assert not ap.attached and not ap.target._forward_hooks
+        torch.testing.assert_close(mobilenet(images), reference, rtol=0, atol=0)
+        ap.attach().attach()  # by hand, idempotent
+        assert len(ap.target._forward_hooks) == 1
+        ap.detach().detach()
+        torch.testing.assert_close(mobilenet(images), reference, rtol=0, atol=0)
     finally:
         ap.detach()
 
@@ -181,19 +184,23 @@ def test_vit_block_prompt(vit, shared):
 
 def test_image_size_defaults_to_the_backbone_input_size(vit):
     ap = ActivationPrompt(vit, "blocks.2")
-    try:
-        assert ap.image_size == 224 and ap.delta.shape == (197, 192)
-    finally:
-        ap.detach()
+    assert ap.image_size == 224 and ap.delta.shape == (197, 192)
 
 
-def test_a_backbone_carrying_another_models_prompt_is_refused():
+def test_two_models_on_one_backbone_do_not_see_each_others_prompts():
+    """The prompt belongs to the model that owns it: it acts inside that model's forward only,
+    so a second model built on the same backbone object computes its own function."""
     backbone = vplib.load("vit_fashion")
     first = vplib.build("ap", backbone, 10, layer="blocks.0")
-    with pytest.raises(ValueError, match="already carries an activation prompt"):
-        vplib.build("linear", backbone, 10)
-    first.activation_prompt.detach()
-    second = vplib.build("linear", backbone, 10)  # fine once the hook is gone
+    with torch.no_grad():
+        first.activation_prompt.delta.normal_()
+    second = vplib.build("linear", backbone, 10)
+    third = vplib.build("ap", backbone, 10, layer="blocks.1")
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
-        assert torch.equal(second.features(x), backbone.features(backbone.normalize(x)))
+        clean = backbone.features(backbone.normalize(x))
+        assert torch.equal(second.features(x), clean)
+        assert torch.equal(third.features(x), clean)  # its own delta is still zero
+        assert not torch.allclose(first.features(x), clean)
+        assert torch.equal(backbone.features(backbone.normalize(x)), clean)  # no hook left
+    assert not any(m._forward_hooks for m in backbone.modules())

@@ -95,11 +95,13 @@ def test_timm_model_without_weights_loads_frozen():
     assert all(not p.requires_grad for p in b.parameters())
 
 
-def test_unfreeze_for_full_fine_tuning():
+def test_unfreeze_for_full_fine_tuning_leaves_the_source_classifier_frozen():
     b = vplib.load("mobilenet_v2")
     b.unfreeze()
     b.train()
-    assert all(p.requires_grad for p in b.parameters()) and b.model.training
+    head = {id(p) for p in b.source_classifier.parameters()}
+    assert len(head) == 2 and b.model.training
+    assert all(p.requires_grad == (id(p) not in head) for p in b.parameters())
 
 
 def test_source_vit_not_shipped_names_the_commands(tmp_path, monkeypatch):

@@ -145,3 +145,23 @@ def test_misuse_gives_clear_errors():
         vplib.build("vpt-deep", tiny_vit().model, 10)  # a bare timm model, not a Backbone
     assert set(vplib.METHODS) == {"linear", "full", "bias", "vp-pad", "vp-fixed", "vp-random",
                                   "vpt-shallow", "vpt-deep", "msvp", "insvp", "ap"}
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+@pytest.mark.parametrize("method", ["full", "bias"])
+def test_trainable_count_is_what_receives_a_gradient(kind, method, digits32):
+    backbone = vplib.load("mobilenet_v2") if kind == "cnn" else vplib.load("vit_distilled")
+    size = 32 if kind == "cnn" else 28
+    model = vplib.build(method, backbone, 10, image_size=size)
+    x = torch.nn.functional.interpolate(digits32.train.images[:8].float() / 255, size=size)
+    torch.nn.functional.cross_entropy(model(x), digits32.train.labels[:8]).backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable)  # nothing trainable is left unused
+    assert model.param_counts()["trainable"] == sum(p.numel() for p in trainable)
+    assert not any(p.requires_grad for p in model.backbone.source_classifier.parameters())
+
+
+def test_reference_trainable_counts_on_mobilenet_v2():
+    counts = {m: vplib.build(m, "mobilenet_v2", 10).param_counts()["trainable"]
+              for m in ("linear", "full", "bias")}
+    assert counts == {"linear": 12_810, "full": 2_236_682, "bias": 46_922}

@@ -148,10 +148,15 @@ class Backbone(nn.Module):
         return super().train(False)
 
     def unfreeze(self) -> "Backbone":
-        """Make every parameter trainable (full fine-tuning); train mode follows the caller."""
+        """Make every parameter trainable for full fine-tuning, except the source classifier
+        (:attr:`source_classifier`): a model trains a new head instead, or reads this one frozen
+        through a label mapping, so it never receives a gradient. Train mode follows the
+        caller."""
         self.frozen = False
         for p in self.parameters():
             p.requires_grad_(True)
+        for p in self.source_classifier.parameters():
+            p.requires_grad_(False)
         return self
 
     def train(self, mode: bool = True) -> "Backbone":
@@ -172,11 +177,14 @@ class Backbone(nn.Module):
         fmap = self.model.features(z)  # torchvision MobileNetV2
         return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
 
+    @property
+    def source_classifier(self) -> nn.Module:
+        """The pretrained classifier module on top of ``features``."""
+        return self.model.get_classifier() if self.is_timm else self.model.classifier
+
     def source_head(self, feats: torch.Tensor) -> torch.Tensor:
         """The pretrained classifier on top of ``features`` (ImageNet logits)."""
-        if self.is_timm:
-            return self.model.get_classifier()(feats)
-        return self.model.classifier(feats)
+        return self.source_classifier(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.source_head(self.features(self.normalize(x)))

@@ -41,7 +41,8 @@ class PromptedClassifier(nn.Module):
         train_backbone: unfreeze the backbone (full fine-tuning).
         input_prompt: ``(B, 3, H, W) -> (B, 3, H, W)`` on the normalised image.
         token_prompt: ViT only; a module with ``setup(z)`` and ``tokens(i, batch)``.
-        activation_prompt: a module that hooks itself onto one backbone layer.
+        activation_prompt: an :class:`~vplib.prompts.activation.ActivationPrompt` on one
+            backbone layer, applied only inside this model's forward.
         label_mapping: read the logits from the frozen source head through this mapping
             instead of training a linear head.
 
@@ -92,6 +93,9 @@ class PromptedClassifier(nn.Module):
             from .prompts.tokens import prompted_vit_features
 
             return prompted_vit_features(self.backbone.model, z, self.token_prompt)
+        if self.activation_prompt is not None:
+            with self.activation_prompt:  # hooked for this forward only
+                return self.backbone.features(z)
         return self.backbone.features(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,12 +137,14 @@ class PromptedClassifier(nn.Module):
 # --------------------------------------------------------------------------- build
 
 def _bias_tuning(backbone: Backbone) -> None:
-    """Make biases and normalisation-layer affine parameters trainable (BitFit-style); the
-    backbone stays in eval mode, so BatchNorm keeps its stored statistics."""
+    """Make biases and normalisation-layer affine parameters trainable (BitFit-style), except
+    the source classifier's, which the model does not use; the backbone stays in eval mode, so
+    BatchNorm keeps its stored statistics."""
     norms = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+    unused = {id(p) for p in backbone.source_classifier.parameters()}
     for module in backbone.modules():
         for name, p in module.named_parameters(recurse=False):
-            if name == "bias" or isinstance(module, norms):
+            if (name == "bias" or isinstance(module, norms)) and id(p) not in unused:
                 p.requires_grad_(True)
 
 
@@ -174,8 +180,7 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
             :mod:`vplib.prompts.insvp`). ``ap``: ``layer``, ``shared_over_positions``.
 
     Raises:
-        ValueError: unknown method, head or option; a token method on a CNN; a backbone
-            that already carries another model's (attached) activation prompt.
+        ValueError: unknown method, head or option; a token method on a CNN.
         TypeError: ``backbone`` is neither a name nor a :class:`Backbone` (e.g. a bare timm
             model).
     """
@@ -196,16 +201,6 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
             "Pass a name (e.g. 'mobilenet_v2') or vplib.load(name); wrap any other timm or "
             "torchvision model in vplib.backbones.Backbone (see its docstring), which gives it "
             "its normalisation, frozen weights and the features / source-head split.")
-    from .prompts.activation import attached_prompts
-
-    carried = attached_prompts(backbone.model)
-    if carried:
-        raise ValueError(
-            f"this {backbone.name} object already carries an activation prompt on "
-            f"{[p.layer for p in carried]} (a hook of a model built on it earlier), which would "
-            "be added inside the new model too. Load one backbone per model "
-            f"(vplib.load({backbone.name!r})), or call `model.activation_prompt.detach()` on "
-            "the earlier model first.")
     size = image_size or backbone.input_size
     opts = dict(options)
     kwargs: dict = {}

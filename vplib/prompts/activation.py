@@ -27,9 +27,12 @@ Shapes of ``delta`` (zero-initialised, so the prompted model starts as the froze
 * ViT block output ``(B, N, D)``: ``(N, D)``, or ``(1, D)`` when shared; ``N`` counts the class
   (and any register / prefix) tokens.
 
-Usage: the hook is attached on construction; ``detach()`` removes it, ``attach()`` puts it back
-(idempotent), and ``with ActivationPrompt(...) as ap:`` detaches on exit. The backbone is *not*
-a submodule, so ``ap.parameters()`` yields ``delta`` only (what the optimizer should get).
+Usage: the prompt acts only while it is applied. A :class:`~vplib.model.PromptedClassifier`
+that owns it applies it inside its own forward (``with prompt:`` around the backbone call), so
+the backbone carries no hook at rest and two models built on one backbone object never see
+each other's prompts. Standalone, ``with ActivationPrompt(...) as ap:`` applies it for a block
+(nesting is fine); ``attach()`` / ``detach()`` do the same by hand. The backbone is *not* a
+submodule, so ``ap.parameters()`` yields ``delta`` only (what the optimizer should get).
 
 Where this differs from the paper's code, and why: we prompt by layer *name* through a forward
 hook on any ``Backbone`` (torchvision or timm, CNN or ViT) instead of editing each model's
@@ -142,17 +145,6 @@ def _probe_output_shape(model: nn.Module, module: nn.Module, image_size: int) ->
     return shapes[0]
 
 
-def attached_prompts(model: nn.Module) -> list["ActivationPrompt"]:
-    """The activation prompts whose hooks are attached to ``model``'s layers right now."""
-    found = []
-    for module in model.modules():
-        for hook in module._forward_hooks.values():
-            owner = getattr(hook, "__self__", None)
-            if isinstance(owner, ActivationPrompt) and owner not in found:
-                found.append(owner)
-    return found
-
-
 class ActivationPrompt(nn.Module):
     """A zero-initialised learnable ``delta`` added to one layer's output by a forward hook.
 
@@ -166,7 +158,8 @@ class ActivationPrompt(nn.Module):
             value per position (``(C, H, W)`` or ``(N, D)``).
 
     Attributes: ``delta`` (the only parameter), ``layer``, ``kind``, ``activation_shape``
-    (the probed output shape without the batch dimension), ``attached``.
+    (the probed output shape without the batch dimension), ``attached``. Not applied on
+    construction: see the module docstring.
     """
 
     def __init__(self, backbone, layer: str, image_size: int | None = None, *,
@@ -192,7 +185,7 @@ class ActivationPrompt(nn.Module):
         self.delta = nn.Parameter(torch.zeros(self._delta_shape(),
                                               device=next(model.parameters()).device))
         self._handle = None
-        self.attach()
+        self._depth = 0  # nesting of `with prompt:` blocks
 
     @property
     def target(self) -> nn.Module:
@@ -238,15 +231,18 @@ class ActivationPrompt(nn.Module):
         return self
 
     def __enter__(self) -> "ActivationPrompt":
+        self._depth += 1
         return self.attach()
 
     def __exit__(self, *exc) -> None:
-        self.detach()
+        self._depth -= 1
+        if self._depth == 0:
+            self.detach()
 
     def forward(self, *args, **kwargs):
-        raise TypeError("ActivationPrompt works through a hook: call the backbone, not the "
-                        "prompt (it adds `delta` to the output of "
-                        f"{self.layer!r} while attached).")
+        raise TypeError("ActivationPrompt works through a hook: call the model that owns it "
+                        "(or the backbone inside `with prompt:`), not the prompt; it adds "
+                        f"`delta` to the output of {self.layer!r} while applied.")
 
     def extra_repr(self) -> str:
         return (f"layer={self.layer!r}, kind={self.kind}, delta={tuple(self.delta.shape)}, "
