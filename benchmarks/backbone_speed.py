@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import vplib
-from timing import seconds_per_call  # benchmarks/timing.py
+from vplib.measure import seconds_per_call
 from vplib.report import save_benchmark
 
 

@@ -3,7 +3,7 @@
 For each method of ``vplib.METHODS`` that applies, on one CNN and one ViT backbone, one run
 measures: prompt and trainable parameter counts, the wall time of a full training step
 (forward, backward, AdamW update) on a batch of random images of the right shape, the memory of
-the activations autograd saves for the backward pass (``vplib.train.saved_for_backward_bytes``;
+the activations autograd saves for the backward pass (``vplib.measure.saved_for_backward_bytes``;
 device-independent: this is what activation prompts save by not backpropagating below their
 layer), and on CUDA the peak allocated memory.
 Prints a table and writes ``book/results/methods_<device>.json``.
@@ -19,7 +19,7 @@ import argparse
 import torch
 
 import vplib
-from timing import seconds_per_call  # benchmarks/timing.py
+from vplib.measure import seconds_per_call
 from vplib.report import save_benchmark
 
 CNN_OPTIONS = {"vp-pad": {"prompt_size": 8}, "vp-fixed": {"prompt_size": 16},
@@ -61,7 +61,7 @@ def run(backbone_name: str, pretrained: bool, size: int, options: dict, batch: i
         x = torch.rand(batch, 3, size, size, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
         counts = model.param_counts()
-        saved = vplib.train.saved_for_backward_bytes(model, x, y)
+        saved = vplib.measure.saved_for_backward_bytes(model, x, y)
         seconds = time_step(model, x, y, repeats, device)
         rows.append({
             "backbone": backbone_name, "image_size": size, "batch": batch, "method": method,

@@ -41,13 +41,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import vplib
+from vplib import measure
 from vplib.data import Split, load_dataset
 from vplib.report import save_benchmark
 from vplib.train import fit
-
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, in TFLOP/s.
-BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4,
-                    "A100": 312.0, "L4": 121.0}
 
 SETUPS = [  # (backbone, pretrained, method, options)
     ("vit_base_patch16_224", False, "vp-pad", {"prompt_size": 30}),
@@ -83,11 +80,6 @@ class PerSampleImages(Dataset):
         return self.transform(self.split.images[i]), self.split.labels[i]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def naive_epochs(model, train: Split, batch: int, workers: int, device, epochs: int = 2):
     """Seconds and peak CUDA MB of the last of ``epochs`` epochs of the naive loop."""
     model.backbone.unfreeze()  # as in research code: frozen only by leaving it out of the optimiser
@@ -100,7 +92,7 @@ def naive_epochs(model, train: Split, batch: int, workers: int, device, epochs: 
     for _ in range(epochs):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        measure.synchronize(device)
         t0 = time.perf_counter()
         for x, y in loader:
             x, y = x.to(device), y.to(device)
@@ -108,34 +100,16 @@ def naive_epochs(model, train: Split, batch: int, workers: int, device, epochs: 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        _sync(device)
+        measure.synchronize(device)
         seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return seconds, peak
 
 
-def step_flops(model, size: int, batch: int, device) -> int:
-    """FLOPs of one training step (forward + backward) of ``model`` as fit trains it."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(batch, 3, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
 def bf16_peak(device: torch.device, override: float | None) -> float | None:
     if override:
         return override * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in BF16_PEAK_TFLOPS.items():  # the more specific names come first
-        if key in name:
-            return tflops * 1e12
-    return None
+    return measure.bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def build(backbone: str, pretrained: bool, method: str, options: dict, size: int):
@@ -161,8 +135,10 @@ def compare(args, device, images: dict) -> list[dict]:
         hist = fit(model, data.train, data.val, epochs=2, lr=1e-3, batch_size=args.batch,
                    augment="crop_flip", device=device, compile=args.compile, verbose=False)
         ours = hist.epochs[-1]
-        flops = step_flops(model.to(device), size, args.batch, device)
-        saved = vplib.train.saved_for_backward_bytes(
+        x = torch.rand(args.batch, 3, size, size, device=device)
+        y = torch.randint(0, 10, (args.batch,), device=device)
+        flops = measure.step_flops(model.to(device), x, y)
+        saved = measure.saved_for_backward_bytes(
             model, torch.rand(args.batch, 3, size, size, device=device),
             torch.randint(0, 10, (args.batch,), device=device))
         naive = build(backbone, pretrained, method, options, size)
@@ -216,11 +192,11 @@ def linear_probe_caching(args, device) -> dict:
     times = {}
     for cached in (True, False):
         model = build("mobilenet_v2", True, "linear", {}, STANDARD_CNN_SIZE)
-        _sync(device)
+        measure.synchronize(device)
         t0 = time.perf_counter()
         fit(model, data.train, data.val, epochs=10, lr=1e-2, batch_size=args.batch,
             augment="none", device=device, cache_features=cached, verbose=False)
-        _sync(device)
+        measure.synchronize(device)
         times[cached] = time.perf_counter() - t0
     row = {"backbone": "mobilenet_v2", "image_size": STANDARD_CNN_SIZE, "epochs": 10,
            "n_train": len(data.train), "cached_s": times[True], "uncached_s": times[False],
@@ -240,7 +216,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="backbones to run (default: all)")
     parser.add_argument("--probe-images", type=int, default=2048)
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the GPU's dense bf16 peak, if not in BF16_PEAK_TFLOPS")
+                        help="the GPU's dense bf16 peak, if not in vplib.measure.BF16_PEAK_TFLOPS")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     device = vplib.train.default_device()

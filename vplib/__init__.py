@@ -13,6 +13,7 @@ from .data import DatasetSplits, Split, load_dataset  # noqa: E402
 from .model import METHODS, PromptedClassifier, build  # noqa: E402
 from .profiles import Profile, get_profile  # noqa: E402
 from .train import History, evaluate, fit  # noqa: E402
+from . import checks, measure, tables, vit  # noqa: E402,F401
 
 __all__ = ["METHODS", "Backbone", "build", "DatasetSplits", "History", "Profile", "PromptedClassifier", "Split",
            "evaluate", "fit", "get_profile", "load", "load_dataset", "setup"]

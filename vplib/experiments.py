@@ -112,6 +112,105 @@ def _data(name: str, size: int, max_train: int | None, max_eval: int | None):
     return load_dataset(name, size=size, rgb=True, max_train=max_train, max_eval=max_eval)
 
 
+def _split_options(options: dict, profile: Profile, method: str) -> tuple[dict, dict, dict]:
+    """``options`` split into ``fit`` settings (with the profile's defaults), data settings
+    and ``build`` options."""
+    opts = dict(options)
+    fit_kw = {k: opts.pop(k) for k in FIT_KEYS if k in opts}
+    data_kw = {k: opts.pop(k) for k in DATA_KEYS if k in opts}
+    fit_kw.setdefault("epochs", profile.epochs)
+    fit_kw.setdefault("batch_size", profile.batch_size)
+    fit_kw.setdefault("lr", DEFAULT_LR.get(method, 1e-3))
+    return fit_kw, data_kw, opts
+
+
+def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
+                   options: dict | None = None, fit_kw: dict, dataset: str | None = None,
+                   profile: Profile | None = None, device: str | None = None,
+                   checkpoint_dir=None, verbose: bool = False):
+    """``fit`` ``model`` on ``data.train`` / ``data.val``, test it once on ``data.test``, and
+    return ``(history, record)``: the record has the schema that :func:`run_one` writes (and
+    ``vplib.tables.records_frame`` reads), plus ``train_seconds`` (wall time of ``fit``)."""
+    import time
+
+    from .report import environment
+    from .train import evaluate, fit
+
+    profile = profile or get_profile()
+    t0 = time.perf_counter()
+    history = fit(model, data.train, data.val, seed=seed, device=device,
+                  checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
+                  verbose=verbose, **fit_kw)
+    train_seconds = time.perf_counter() - t0
+    test = evaluate(model, data.test, device=device)
+    counts = model.param_counts()
+    epochs = history.epochs
+    peaks = [r["peak_mem_mb"] for r in epochs if r["peak_mem_mb"] is not None]
+    run = Run(method, backbone, dataset or data.name, seed, dict(options or {}))
+    record = {
+        **asdict(run), "key": run.key, "fit": dict(fit_kw),
+        "image_size": int(data.train.images.shape[-1]),
+        "test_acc": test["acc"], "val_acc": history.best["val_acc"],
+        "best_epoch": history.best_epoch, "n_train": len(data.train), "n_test": len(data.test),
+        "trainable_params": counts["trainable"], "backbone_params": counts["backbone"],
+        "trainable_pct_of_backbone": 100 * counts["trainable"] / counts["backbone"],
+        "seconds_per_epoch": sum(r["seconds"] for r in epochs) / len(epochs),
+        "images_per_s": sum(r["images_per_s"] for r in epochs) / len(epochs),
+        "train_seconds": train_seconds,
+        "peak_mem_mb": max(peaks) if peaks else None,
+        "cached_features": history.config.get("cached_features", False),
+        "history": history.epochs,
+        "environment": environment() | {"profile": profile.name},
+        "git_commit": _git_commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return history, record
+
+
+@dataclass
+class LiveRun:
+    """A run trained in a chapter's own process: the trained model, its history and its
+    record (the schema of :func:`run_one`)."""
+
+    model: object
+    history: object
+    record: dict
+
+
+def live_run(method: str, backbone, data, *, seed: int = 0, profile: Profile | None = None,
+             device: str | None = None, verbose: bool = False, model=None,
+             **options) -> LiveRun:
+    """Build ``method`` on ``backbone`` (a name or a :class:`~vplib.backbones.Backbone`),
+    train it on ``data`` (a :class:`~vplib.data.DatasetSplits`) and test it once: what a
+    chapter's live cell does, with the same option routing (``FIT_KEYS`` to ``fit``, the rest
+    to ``vplib.build``) and defaults (the profile's epochs and batch size, ``DEFAULT_LR``) as a
+    grid run. ``model``: train this already-built model instead of building one (``method``
+    then only labels the record). The head's initialisation is seeded with ``seed``."""
+    import torch
+
+    from .backbones import load
+    from .model import build
+
+    profile = profile or get_profile()
+    fit_kw, data_kw, build_kw = _split_options(options, profile, method)
+    if data_kw:
+        raise ValueError(f"live_run trains on the data it is given; {sorted(data_kw)} shape "
+                         "the data: pass them to load_dataset instead")
+    if isinstance(backbone, str):
+        backbone = load(backbone)
+    if model is None:
+        torch.manual_seed(seed)
+        model = build(method, backbone, data.num_classes,
+                      image_size=int(data.train.images.shape[-1]), **build_kw)
+    elif build_kw:
+        raise ValueError(f"options {sorted(build_kw)} build a model; with model=... pass only "
+                         f"fit settings ({', '.join(FIT_KEYS)})")
+    history, record = train_and_test(model, data, method=method, backbone=backbone.name,
+                                     seed=seed, options=options, fit_kw=fit_kw,
+                                     profile=profile, device=device, verbose=verbose)
+    return LiveRun(model, history, record)
+
+
 def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None, *,
             device: str | None = None, verbose: bool = False) -> dict:
     """Train and test one run; write ``out_dir/<run.key>.json`` and return the record."""
@@ -119,17 +218,11 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
 
     from .backbones import SCRATCH, load
     from .model import build
-    from .report import environment
-    from .train import _atomic_write_json, evaluate, fit
+    from .train import _atomic_write_json
 
     profile = profile or get_profile()
     out_dir = Path(out_dir)
-    opts = dict(run.options)
-    fit_kw = {k: opts.pop(k) for k in FIT_KEYS if k in opts}
-    data_kw = {k: opts.pop(k) for k in DATA_KEYS if k in opts}
-    fit_kw.setdefault("epochs", profile.epochs)
-    fit_kw.setdefault("batch_size", profile.batch_size)
-    fit_kw.setdefault("lr", DEFAULT_LR.get(run.method, 1e-3))
+    fit_kw, data_kw, opts = _split_options(run.options, profile, run.method)
 
     torch.manual_seed(run.seed)
     backbone = load(run.backbone, pretrained=True)
@@ -141,28 +234,12 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
     data = _data(run.dataset, size, max_train, profile.max_eval)
     torch.manual_seed(run.seed)
     model = build(run.method, backbone, data.num_classes, image_size=size, **opts)
-    history = fit(model, data.train, data.val, seed=run.seed, device=device,
-                  checkpoint_dir=out_dir / "checkpoints" / run.key, resume=True,
-                  verbose=verbose, **fit_kw)
-    test = evaluate(model, data.test, device=device)
-    counts = model.param_counts()
-    epochs = history.epochs
-    peaks = [r["peak_mem_mb"] for r in epochs if r["peak_mem_mb"] is not None]
-    record = {
-        **asdict(run), "key": run.key, "fit": fit_kw, "image_size": size,
-        "test_acc": test["acc"], "val_acc": history.best["val_acc"],
-        "best_epoch": history.best_epoch, "n_train": len(data.train), "n_test": len(data.test),
-        "trainable_params": counts["trainable"], "backbone_params": counts["backbone"],
-        "trainable_pct_of_backbone": 100 * counts["trainable"] / counts["backbone"],
-        "seconds_per_epoch": sum(r["seconds"] for r in epochs) / len(epochs),
-        "images_per_s": sum(r["images_per_s"] for r in epochs) / len(epochs),
-        "peak_mem_mb": max(peaks) if peaks else None,
-        "cached_features": history.config.get("cached_features", False),
-        "history": history.epochs,
-        "environment": environment() | {"profile": profile.name},
-        "git_commit": _git_commit(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    _, record = train_and_test(model, data, method=run.method, backbone=run.backbone,
+                               seed=run.seed, options=run.options, fit_kw=fit_kw,
+                               dataset=run.dataset, profile=profile, device=device,
+                               checkpoint_dir=out_dir / "checkpoints" / run.key,
+                               verbose=verbose)
+    record["image_size"] = size
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write_json(record, out_dir / f"{run.key}.json")
     return record

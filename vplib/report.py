@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .checks import beats_chance  # noqa: F401  (re-exported: vplib.report.beats_chance)
 from .profiles import get_profile
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "book" / "results"
@@ -81,15 +82,6 @@ def committed_results(name: str) -> dict:
             f"repository) and could not be downloaded from {RESULTS_URL} "
             f"({type(err).__name__}: {err}). Clone the repository and run from it, or connect "
             "to the internet.") from err
-
-
-def beats_chance(acc: float, n: int, num_classes: int, *, z: float = 3.0) -> bool:
-    """Whether accuracy ``acc`` on ``n`` test images exceeds chance (``1 / num_classes``) by
-    more than ``z`` binomial standard errors of a chance-level classifier on ``n`` images."""
-    if n < 1 or num_classes < 2:
-        raise ValueError(f"need n >= 1 test images and num_classes >= 2, got {n}, {num_classes}")
-    chance = 1 / num_classes
-    return acc > chance + z * (chance * (1 - chance) / n) ** 0.5
 
 
 def save_results(chapter: str, results: dict, *, started: float,

@@ -49,6 +49,7 @@ with warnings.catch_warnings():  # no ipywidgets (plain Jupyter): tqdm falls bac
     from tqdm.auto import tqdm
 
 from .data import Split
+from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 EVAL_BATCH = 256  # images per forward pass when features, predictions or validation are computed
@@ -260,32 +261,6 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH,
     """Cross-entropy ``loss`` and top-1 ``acc`` of ``model`` on ``split`` (eval mode)."""
     logits = predict(model, split.images, batch_size=batch_size, device=device)
     return {**_scores(logits, split.labels), "n": len(split)}
-
-
-def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Bytes of activations autograd keeps for the backward pass of one training step.
-
-    Counts each distinct storage saved by the forward pass of ``cross_entropy(model(x), y)``
-    once, and leaves out the model's own parameters (they are in memory anyway). This is the
-    device-independent part of a step's peak memory that a method controls: an input prompt
-    saves activations through the whole network, an activation prompt only above its layer.
-    Runs one backward pass and clears the gradients it made.
-    """
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(model(x), y)
-    if loss.requires_grad:
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(seen.values())
 
 
 # --------------------------------------------------------------------------- fit

@@ -89,3 +89,47 @@ def create_vit(config: ViTConfig) -> VisionTransformer:
                              embed_dim=config.embed_dim, depth=config.depth,
                              num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
                              num_classes=config.num_classes, embed_layer=STEMS[config.stem])
+
+
+def attention_weights(vit: VisionTransformer, run, blocks=None, reduce=None):
+    """The attention weights every block of a timm ``VisionTransformer`` uses while ``run()``
+    executes (``run`` calls the model, or a prompted model built on it, under ``no_grad``).
+
+    timm computes attention in a fused kernel and does not return the weights, so a forward
+    hook on each block's attention module recomputes them from the module's own query and key
+    projections, and rebuilds the module's output from them as a check.
+
+    Returns ``(weights, error)``: ``weights[i]`` is block ``i``'s softmax attention
+    ``(B, heads, N, N)`` (``N`` counts every token in the sequence, prompts included), or
+    ``reduce(w)`` of each call's weights when ``reduce`` is given (e.g. ``lambda w: w.mean(1)``
+    to average over heads and keep memory small), concatenated over calls; and
+    ``error`` the largest difference between an attention module's output and the output
+    rebuilt from the recomputed weights, relative to the output's largest value (about 1e-6
+    when the weights are the ones the model used).
+    """
+    indices = range(len(vit.blocks)) if blocks is None else blocks
+    weights, errors = {}, []
+
+    def hook(index):
+        def record(attn, inputs, output):
+            x = inputs[0]
+            b, n, _ = x.shape
+            qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
+            w = (q @ k.transpose(-2, -1) * attn.scale).softmax(-1)
+            rebuilt = attn.proj(attn.norm((w @ v).transpose(1, 2).reshape(b, n, -1)))
+            errors.append(((rebuilt - output).abs().max() / output.abs().max()).item())
+            weights.setdefault(index, []).append(w if reduce is None else reduce(w))
+        return record
+
+    handles = [vit.blocks[i].attn.register_forward_hook(hook(i)) for i in indices]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    if not errors:
+        raise RuntimeError("run() did not call the ViT's attention modules")
+    import torch
+
+    return {i: torch.cat(ws) for i, ws in weights.items()}, max(errors)

@@ -1,0 +1,51 @@
+"""Checks a chapter asserts before it states a result: above chance, backbone untouched.
+
+Each returns a value or raises ``AssertionError`` with what differs, so an ``assert`` in a
+chapter can fail and says why when it does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def chance_margin(n: int, num_classes: int, *, z: float = 3.0) -> float:
+    """The accuracy a chance-level classifier exceeds on ``n`` test images with probability
+    about ``Phi(-z)``: ``1 / num_classes`` plus ``z`` binomial standard errors."""
+    if n < 1 or num_classes < 2:
+        raise ValueError(f"need n >= 1 test images and num_classes >= 2, got {n}, {num_classes}")
+    chance = 1 / num_classes
+    return chance + z * (chance * (1 - chance) / n) ** 0.5
+
+
+def beats_chance(acc: float, n: int, num_classes: int, *, z: float = 3.0) -> bool:
+    """Whether accuracy ``acc`` on ``n`` test images exceeds chance (``1 / num_classes``) by
+    more than ``z`` binomial standard errors of a chance-level classifier on ``n`` images."""
+    return acc > chance_margin(n, num_classes, z=z)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every tensor in ``module.state_dict()`` (parameters and buffers), to
+    compare with :func:`changed` after training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def changed(module: nn.Module, reference: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the state tensors of ``module`` that differ (bit for bit) from ``reference``
+    (a :func:`snapshot`), including tensors added or removed since."""
+    state = module.state_dict()
+    names = sorted(set(state) | set(reference))
+    return [k for k in names if k not in state or k not in reference
+            or not torch.equal(state[k].detach().cpu(), reference[k])]
+
+
+def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor],
+                     what: str = "the backbone") -> None:
+    """Raise ``AssertionError`` naming the tensors of ``module`` that differ from
+    ``reference``; return silently when every parameter and buffer is bit-for-bit equal."""
+    diff = changed(module, reference)
+    if diff:
+        shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise AssertionError(f"{what} changed: {len(diff)} of {len(reference)} tensors differ "
+                             f"({shown})")

@@ -1,0 +1,112 @@
+"""Measuring cost: wall time per call, activations saved for backward, FLOPs, and GPU peaks.
+
+One home for the measurements that the chapters (06, 08) and ``benchmarks/`` share, so a
+number in the book and a number in a benchmark table come from the same loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, in TFLOP/s. The
+# more specific names come first: `bf16_peak` takes the first key found in the device name.
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4,
+                    "A100": 312.0, "L4": 121.0}
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The dense bf16 peak in FLOP/s of a GPU named ``device_name`` (as
+    ``torch.cuda.get_device_name`` spells it), or ``None`` if it is not in the table."""
+    for key, tflops in BF16_PEAK_TFLOPS.items():
+        if key in device_name:
+            return tflops * 1e12
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the CUDA work queued on ``device`` (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int,
+                     device: torch.device | str = "cpu", *, reduce: str = "mean") -> float:
+    """Wall time of ``fn()`` in seconds over ``repeats`` calls after one warm-up call.
+
+    ``reduce="mean"``: total time / ``repeats`` (a throughput, what a training run sees);
+    ``"min"``: the fastest single call (the least disturbed by other work on a shared CPU).
+    On CUDA the device is synchronised around the timed calls and the peak-memory counter is
+    reset after the warm-up, so ``torch.cuda.max_memory_allocated()`` afterwards covers them.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if reduce not in ("mean", "min"):
+        raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
+    device = torch.device(device)
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    t_all = time.perf_counter()
+    for _ in range(repeats):
+        if reduce == "min":
+            synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if reduce == "min":
+            synchronize(device)
+        times.append(time.perf_counter() - t0)
+    synchronize(device)
+    return min(times) if reduce == "min" else (time.perf_counter() - t_all) / repeats
+
+
+def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of activations autograd keeps for the backward pass of one training step.
+
+    Counts each distinct storage saved by the forward pass of ``cross_entropy(model(x), y)``
+    once, and leaves out the model's own parameters (they are in memory anyway). This is the
+    device-independent part of a step's peak memory that a method controls: an input prompt
+    saves activations through the whole network, an activation prompt only above its layer.
+    Runs one backward pass and clears the gradients it made.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    if loss.requires_grad:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of ``model(x)`` counted by ``torch.utils.flop_counter`` (matrix products and
+    convolutions). With ``model`` and ``x`` on PyTorch's ``meta`` device nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step (forward and backward of ``cross_entropy(model(x), y)``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()

@@ -1,0 +1,150 @@
+"""Grid records as tables: a tidy DataFrame, mean ± sd over seeds, paired differences, lookups.
+
+The chapters read committed grids (``vplib.experiments`` records in ``book/results``) and live
+runs (:func:`vplib.experiments.live_run`, same record schema). This module turns either into
+the tables the book shows, with one spelling of every statistic:
+
+* :func:`records_frame`: one row per run (identity, recipe, accuracies, cost), plus a
+  ``setting`` label that the chapter chooses;
+* :func:`mean_sd`: mean, sample sd and count over seeds per group, and a ``cell`` string
+  ``"88.0 ± 0.5"`` (percent);
+* :func:`paired_differences`: ``a - b`` per seed (same data, same seed), its mean and sd,
+  a paired t-test and a verdict that says "not resolved" unless every seed agrees and
+  p < ``alpha``;
+* :func:`pick` / :func:`mean_of`: one number out of a frame, failing loudly when the filter
+  matches nothing (or, for :func:`pick`, more than one row);
+* :func:`provenance`: the commands, commits and profiles of a committed grid.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable
+
+import pandas as pd
+
+RECORD_COLUMNS = ("dataset", "backbone", "method", "seed", "test_acc", "val_acc", "best_epoch",
+                  "n_train", "n_test", "trainable_params", "backbone_params",
+                  "seconds_per_epoch")
+
+
+def describe(record: dict) -> str:
+    """Default ``setting`` label: the method and its options, e.g. ``vp-pad prompt_size=8``."""
+    opts = " ".join(f"{k}={v}" for k, v in sorted(record.get("options", {}).items()))
+    return f"{record['method']} {opts}".strip()
+
+
+def records_frame(records: Iterable[dict], setting: Callable[[dict], str] | None = describe,
+                  **extra: Callable[[dict], object]) -> pd.DataFrame:
+    """One row per record: :data:`RECORD_COLUMNS`, the fit recipe (``lr``, ``epochs``,
+    ``batch_size``), ``options`` (a JSON string, hashable), ``trainable_pct`` (of the
+    backbone), ``setting`` (``setting(record)``; ``None`` leaves it out) and one column per
+    keyword of ``extra`` (``name=function of the record``)."""
+    rows = []
+    for r in records:
+        fit = r.get("fit", {})
+        row = {k: r.get(k) for k in RECORD_COLUMNS}
+        row.update(options=json.dumps(r.get("options", {}), sort_keys=True),
+                   lr=fit.get("lr"), epochs=fit.get("epochs"), batch_size=fit.get("batch_size"),
+                   trainable_pct=100 * r["trainable_params"] / r["backbone_params"])
+        if setting is not None:
+            row["setting"] = setting(r)
+        row.update({name: fn(r) for name, fn in extra.items()})
+        rows.append(row)
+    if not rows:
+        raise ValueError("no records: the grid is empty or the filter matched nothing")
+    return pd.DataFrame(rows)
+
+
+def format_mean_sd(mean: float, sd: float | None = None, n: int | None = None, *,
+                   scale: float = 100, digits: int = 1) -> str:
+    """``"88.0 ± 0.5"`` (``mean`` and ``sd`` times ``scale``); the mean alone when there is
+    one value (``n == 1``) or no sd."""
+    if sd is None or n == 1 or pd.isna(sd):
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def mean_sd(frame: pd.DataFrame, by, value: str = "test_acc") -> pd.DataFrame:
+    """Per group of ``by`` (a column or list of columns, in first-seen order): ``mean``,
+    ``sd`` (sample, ddof 1; NaN for one value), ``n`` and ``cell`` (:func:`format_mean_sd`)."""
+    by = [by] if isinstance(by, str) else list(by)
+    g = frame.groupby(by, sort=False)[value]
+    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(), "n": g.size()}).reset_index()
+    out["cell"] = [format_mean_sd(m, s, n) for m, s, n in zip(out["mean"], out["sd"], out["n"])]
+    return out
+
+
+def paired_differences(frame: pd.DataFrame, a: str, b: str, *, column: str = "setting",
+                       by=("dataset",), pair: str = "seed", value: str = "test_acc",
+                       alpha: float = 0.05) -> pd.DataFrame:
+    """``a - b`` of ``value`` between the rows where ``column == a`` and ``column == b``,
+    paired on ``pair`` (the seed) within each group of ``by``.
+
+    Returns one row per group: ``a`` and ``b`` means, ``diff`` (mean of the paired
+    differences), ``diff_sd``, ``n`` pairs, the two-sided paired t-test ``p`` (NaN below two
+    pairs) and ``verdict``: "<a> better" / "<b> better" when every pair has the same sign and
+    ``p < alpha``, else "not resolved".
+    """
+    from scipy import stats
+
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, group in frame.groupby(by, sort=False):
+        left = group[group[column] == a].set_index(pair)[value]
+        right = group[group[column] == b].set_index(pair)[value]
+        for side, name in ((left, a), (right, b)):
+            if side.index.duplicated().any():
+                raise ValueError(f"{name!r} has several rows per {pair} in group {key}: "
+                                 f"narrow the frame to one row per {pair} first")
+        seeds = sorted(set(left.index) & set(right.index))
+        if not seeds:
+            continue
+        diff = left[seeds] - right[seeds]
+        p = stats.ttest_rel(left[seeds], right[seeds]).pvalue if len(seeds) > 1 else float("nan")
+        verdict = "not resolved"
+        if p < alpha and (diff > 0).all():
+            verdict = f"{a} better"
+        elif p < alpha and (diff < 0).all():
+            verdict = f"{b} better"
+        keys = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, keys)), a: left[seeds].mean(), b: right[seeds].mean(),
+                     "diff": diff.mean(), "diff_sd": diff.std() if len(seeds) > 1 else float("nan"),
+                     "n": len(seeds), "p": p, "verdict": verdict})
+    if not rows:
+        raise ValueError(f"no {pair} has both {column}={a!r} and {column}={b!r}")
+    return pd.DataFrame(rows)
+
+
+def _select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
+    mask = pd.Series(True, index=frame.index)
+    for k, v in where.items():
+        if k not in frame.columns:
+            raise KeyError(f"no column {k!r}; columns: {list(frame.columns)}")
+        mask &= frame[k] == v
+    return frame[mask]
+
+
+def pick(frame: pd.DataFrame, value: str = "test_acc", **where) -> float:
+    """The ``value`` of the one row matching ``where`` (``column=value`` equalities)."""
+    rows = _select(frame, where)
+    if len(rows) != 1:
+        raise LookupError(f"{len(rows)} rows match {where} (expected exactly one)")
+    return float(rows[value].iloc[0])
+
+
+def mean_of(frame: pd.DataFrame, value: str = "test_acc", **where) -> float:
+    """The mean of ``value`` over the rows matching ``where`` (at least one)."""
+    rows = _select(frame, where)
+    if rows.empty:
+        raise LookupError(f"no rows match {where}")
+    return float(rows[value].mean())
+
+
+def provenance(results: dict) -> str:
+    """How a committed grid (``vplib.experiments.export``'s JSON) was made: its commands, one
+    per line, then its commits and profiles."""
+    lines = [f"$ {c}" for c in results.get("commands", [])]
+    lines.append("commit(s): " + ", ".join(results.get("git_commits", ["unknown"]))
+                 + " · profile(s): " + ", ".join(results.get("profiles", ["unknown"])))
+    return "\n".join(lines)
