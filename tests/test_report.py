@@ -78,3 +78,24 @@ def test_beats_chance_uses_three_binomial_standard_errors():
     assert beats_chance(0.121, 900, 10, z=2)
     with pytest.raises(ValueError):
         beats_chance(0.5, 0, 10)
+
+
+def test_setup_returns_the_profile_and_finish_writes_the_chapter_record(tmp_path, monkeypatch,
+                                                                         capsys):
+    import json
+
+    import vplib
+    from vplib import report
+
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "_STARTED", [])
+    with pytest.raises(RuntimeError, match="vplib.setup"):
+        report.save_results("xx_chapter", {})
+    profile = vplib.setup(seed=0, style=False, profile="quick")
+    assert profile.name == "quick"
+    monkeypatch.setenv("VPLIB_PROFILE", "quick")
+    assert report.finish("xx_chapter", {"acc": 0.5}) is None
+    line = capsys.readouterr().out
+    assert line.startswith("wrote book/results/xx_chapter.quick.json · ") and str(tmp_path) not in line
+    record = json.loads((tmp_path / "xx_chapter.quick.json").read_text())
+    assert record["results"] == {"acc": 0.5} and record["runtime_s"] >= 0

@@ -19,13 +19,18 @@ __all__ = ["METHODS", "Backbone", "build", "DatasetSplits", "History", "Profile"
            "evaluate", "fit", "get_profile", "load", "load_dataset", "setup"]
 
 
-def setup(seed: int = 0, *, style: bool = True) -> None:
-    """Seed Python, NumPy and PyTorch, and (optionally) apply the course's figure style."""
+def setup(seed: int = 0, *, style: bool = True, profile: str | None = None) -> Profile:
+    """Start a chapter: seed Python, NumPy and PyTorch, (optionally) apply the course's figure
+    style, note the start time for :func:`vplib.report.finish`, and return the profile
+    (``profile``, else ``$VPLIB_PROFILE``, else standard)."""
     import random
 
     import numpy as np
     import torch
 
+    from . import report
+
+    chosen = get_profile(profile)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -33,3 +38,5 @@ def setup(seed: int = 0, *, style: bool = True) -> None:
         from .plots import set_style
 
         set_style()
+    report.mark_start()
+    return chosen

@@ -84,10 +84,23 @@ def committed_results(name: str) -> dict:
             "to the internet.") from err
 
 
-def save_results(chapter: str, results: dict, *, started: float,
+_STARTED: list[float] = []  # when vplib.setup() last ran (time.perf_counter())
+
+
+def mark_start() -> None:
+    """Note now as the start of a chapter's run (``vplib.setup`` calls it)."""
+    _STARTED[:] = [time.perf_counter()]
+
+
+def save_results(chapter: str, results: dict, *, started: float | None = None,
                  results_dir: str | os.PathLike | None = None) -> Path:
     """Write ``results`` for ``chapter`` with runtime (since ``started``, a
-    ``time.perf_counter()`` value) and environment; returns the path written."""
+    ``time.perf_counter()`` value, default: the last ``vplib.setup()``) and environment;
+    returns the path written."""
+    if started is None:
+        if not _STARTED:
+            raise RuntimeError("save_results needs started=... or a vplib.setup() call first")
+        started = _STARTED[0]
     profile = get_profile().name
     folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,6 +115,15 @@ def save_results(chapter: str, results: dict, *, started: float,
     path = folder / name
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def finish(chapter: str, results: dict) -> None:
+    """A chapter's last cell: :func:`save_results`, then one line with the file's name (not
+    a local path), the runtime since ``vplib.setup()``, the device and the profile."""
+    path = save_results(chapter, results)
+    record = json.loads(path.read_text())
+    print(f"wrote book/results/{path.name} · {record['runtime_s']:.0f} s · "
+          f"{record['environment']['device']} · profile {record['environment']['profile']}")
 
 
 def save_benchmark(name: str, rows: list[dict],
