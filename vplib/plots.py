@@ -92,3 +92,55 @@ def prompted_inputs(model, images: torch.Tensor) -> torch.Tensor:
         z = model.input_prompt(z)
     model.train(was_training)
     return (z * backbone.std + backbone.mean).clamp(0, 1).cpu()
+
+
+def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, datasets: dict,
+                          colours: dict, xlabel: str, title: str, note: str | None = None):
+    """Test accuracy (mean ± sd over seeds, in %) against a cost on a log axis, one panel per
+    backbone, each panel with its own accuracy range (chapter 08's accuracy-versus-cost plots).
+
+    ``summary`` has one row per (backbone, dataset, method) with ``test_acc_mean``,
+    ``test_acc_sd`` (NaN for one seed: no error bar) and the cost column ``x`` (as
+    ``vplib.experiments.summarize`` returns). ``panels`` maps backbone -> panel title,
+    ``names`` method -> legend label (in legend order), ``datasets`` dataset -> label (one
+    marker each: the first filled, the others hollow) and ``colours`` method -> colour.
+    ``note`` is written below each panel's lowest linear-probe point. Returns the figure.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
+
+    markers = dict(zip(datasets, "os^Dv"))
+    filled = next(iter(datasets))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.8), sharex=True,
+                             squeeze=False)
+    for ax, (backbone, panel_title) in zip(axes.flat, panels.items()):
+        part = summary[summary.backbone == backbone]
+        for row in part.itertuples():
+            sd = 0.0 if np.isnan(row.test_acc_sd) else 100 * row.test_acc_sd
+            colour = colours[row.method]
+            ax.errorbar(getattr(row, x), 100 * row.test_acc_mean, yerr=sd,
+                        fmt=markers[row.dataset], color=colour, ms=7, capsize=3, mew=1.5,
+                        mfc=colour if row.dataset == filled else "white")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.6)
+        ax.grid(True, which="minor", axis="x", alpha=0.2)
+        ax.set_title(panel_title)
+        ax.set_xlabel(xlabel)
+        linear = part[part.method == "linear"]
+        if note and len(linear):
+            ax.annotate(note, (linear[x].min(), 100 * linear.test_acc_mean.min()),
+                        xytext=(0, -28), textcoords="offset points", fontsize=8,
+                        color=colours["linear"])
+    axes.flat[0].set_ylabel("test accuracy (%), mean ± sd over seeds")
+    methods = [Line2D([], [], color=colours[m], marker="o", ls="", label=label)
+               for m, label in names.items()]
+    keys = [Line2D([], [], color="#444444", marker=markers[ds], ls="",
+                   mfc="#444444" if ds == filled else "white", label=label)
+            for ds, label in datasets.items()]
+    fig.legend(handles=methods, frameon=False, fontsize=8, ncol=5, loc="lower center",
+               bbox_to_anchor=(0.5, 0.05))
+    fig.legend(handles=keys, frameon=False, fontsize=8, ncol=len(keys), loc="lower center")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    return fig

@@ -148,3 +148,52 @@ def provenance(results: dict) -> str:
     lines.append("commit(s): " + ", ".join(results.get("git_commits", ["unknown"]))
                  + " · profile(s): " + ", ".join(results.get("profiles", ["unknown"])))
     return "\n".join(lines)
+
+
+def welch_p(a, b) -> float:
+    """Two-sided p-value of Welch's two-sample t-test (unpaired, unequal variances) for a
+    difference in mean between the values ``a`` and ``b`` (e.g. the seeds of two methods).
+
+    NaN with fewer than two values on either side; when neither side varies, 1.0 for equal
+    means and 0.0 for different ones (the t statistic is undefined there).
+    """
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if a.var(ddof=1) + b.var(ddof=1) == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def against_best(frame: pd.DataFrame, by, *, column: str = "method", value: str = "test_acc",
+                 alpha: float = 0.05) -> pd.DataFrame:
+    """Every ``column`` value (e.g. method) against the best mean of ``value`` within each
+    group of ``by`` (e.g. backbone and dataset), unpaired: :func:`welch_p` over the rows
+    (the seeds) of the two.
+
+    Returns one row per group and ``column`` value, both in first-seen order: ``mean``,
+    ``sd`` (sample; NaN for one row), ``n``, ``gap`` (the best mean minus this mean), ``p``
+    (against the best) and ``verdict``: "best" (the first of the highest means), "too few
+    seeds" (p is NaN), "not resolved from the best" (p >= ``alpha``) or "below the best".
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, group in frame.groupby(by, sort=False, observed=True):
+        values = {name: part[value].to_numpy(float)
+                  for name, part in group.groupby(column, sort=False, observed=True)}
+        best = max(values, key=lambda name: values[name].mean())
+        keys = key if isinstance(key, tuple) else (key,)
+        for name, v in values.items():
+            p = welch_p(values[best], v)
+            verdict = ("best" if name == best else "too few seeds" if pd.isna(p)
+                       else "not resolved from the best" if p >= alpha else "below the best")
+            rows.append({**dict(zip(by, keys)), column: name, "mean": float(v.mean()),
+                         "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                         "n": len(v), "gap": float(values[best].mean() - v.mean()), "p": p,
+                         "verdict": verdict})
+    if not rows:
+        raise ValueError("no rows: the frame is empty")
+    return pd.DataFrame(rows)
