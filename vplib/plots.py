@@ -144,3 +144,140 @@ def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, dataset
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
+
+
+def photo_predictions(photos: dict, predictions: Sequence, *, k: int = 3, ncols: int = 4,
+                      cell: tuple[float, float] = (3.25, 3.6), suptitle: str | None = None):
+    """Photos (``{title: (H, W, 3) array}``) in a grid, each with its top-``k`` predictions
+    printed in a box at its bottom left: ``predictions[i]`` is a list of ``(class name,
+    probability)``, best first, for the ``i``-th photo. ``cell``: inches per photo (width,
+    height). Returns the figure."""
+    nrows = int(np.ceil(len(photos) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, img), preds in zip(axes.flat, photos.items(), predictions):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=10)
+        text = "\n".join(f"{p:5.1%}  {c}" for c, p in preds[:k])
+        ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=8, family="monospace",
+                va="bottom", bbox=dict(facecolor="white", alpha=0.85, edgecolor="none"))
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def value_heatmaps(panels: dict, columns: Sequence, rows: Sequence, *, xlabel: str = "",
+                   label: str = "", suptitle: str | None = None, vmin: float = 0.0,
+                   vmax: float = 1.0, light_from: float = 0.6, figsize=(12, 4.2)):
+    """Annotated heatmaps side by side, one per ``{title: (len(rows), len(columns)) array}``
+    (a tensor or array), sharing the y axis and one colour bar (``label``, from ``vmin`` to
+    ``vmax``). Every cell prints its value with two decimals, in black on cells at or above
+    ``light_from`` and in white below. Returns the figure."""
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, sharey=True, squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels.items()):
+        values = np.asarray(values, dtype=float)
+        im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < light_from else "black")
+        ax.set_xticks(range(len(columns)), [str(c) for c in columns])
+        ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(False)
+    fig.colorbar(im, ax=list(axes[0]), label=label, shrink=0.9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def accuracy_bars(frame, *, label: str = "setting", value: str = "test_acc", note=None,
+                  panel: str | None = None, chance: float | None = None,
+                  xlabel: str = "test accuracy (%)", suptitle: str | None = None,
+                  figsize=(11, 3.6)):
+    """Horizontal bars of ``frame[value]`` (fractions, drawn in percent), one per row in the
+    frame's order from the top, labelled with ``frame[label]``. Each bar carries its value
+    (``"93.2%"``) and, when ``note`` (a function of the row) is given, ``" · " + note(row)``
+    at its end. ``panel``: a column; one subplot per value of it (first-seen order), titled
+    with the value. ``chance``: a dashed line at that fraction. Returns the figure."""
+    groups = ([(None, frame)] if panel is None
+              else [(k, frame[frame[panel] == k]) for k in frame[panel].unique()])
+    fig, axes = plt.subplots(1, len(groups), figsize=figsize, squeeze=False)
+    for ax, (title, sub) in zip(axes[0], groups):
+        bars = ax.barh([str(s) for s in sub[label]], 100 * sub[value],
+                       color=[PALETTE[i % len(PALETTE)] for i in range(len(sub))])
+        for bar, (_, row) in zip(bars, sub.iterrows()):
+            text = f"{row[value]:.1%}" + (f" · {note(row)}" if note is not None else "")
+            ax.text(bar.get_width() - 1, bar.get_y() + bar.get_height() / 2, text,
+                    va="center", ha="right", color="white", fontsize=9, fontweight="bold")
+        if chance is not None:
+            ax.axvline(100 * chance, color="gray", ls="--", lw=1)
+            ax.text(100 * chance + 0.5, -0.45, "chance", color="gray", fontsize=8)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel(xlabel)
+        if title is not None:
+            ax.set_title(str(title))
+        ax.invert_yaxis()
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def signed_images(maps: dict, *, size: tuple[float, float] = (8 / 3, 2.9),
+                  suptitle: str | None = None):
+    """Signed ``(C, H, W)`` maps (``{title: tensor}``, e.g. learned prompts) side by side, each
+    drawn with :func:`signed_image` (its own scale: mid-grey is zero, the largest magnitude
+    saturates). ``size``: inches per map (width, height). Returns the figure."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(size[0] * len(maps), size[1]),
+                             squeeze=False)
+    for ax, (title, p) in zip(axes[0], maps.items()):
+        ax.imshow(signed_image(p))
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def amplified_prompt(model, gain: float):
+    """A copy of ``model`` (a :class:`~vplib.model.PromptedClassifier` with an input prompt)
+    whose input prompt's parameters are multiplied by ``gain``; ``model`` is left untouched.
+    For a prompt linear in its parameters (the ``vp-*`` prompts) this is the same prompt
+    ``gain`` times stronger: pass the copy to :func:`prompted_inputs` to make a faint prompt
+    visible."""
+    import copy
+
+    if getattr(model, "input_prompt", None) is None:
+        raise ValueError("the model has no input prompt to amplify")
+    amplified = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in amplified.input_prompt.parameters():
+            p.mul_(gain)
+    return amplified
+
+
+def accuracy_and_cost(x, acc, params, *, xlabel: str, title: str | None = None,
+                      figsize=(6, 3.4)):
+    """A sweep of one setting ``x`` (e.g. a prompt's size): test accuracy (``acc``, fractions,
+    drawn in percent with circles on the left axis) and trainable parameters (``params``,
+    drawn in thousands with dashed squares on the right axis), one legend below. Returns the
+    figure."""
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.plot(x, 100 * np.asarray(acc, dtype=float), marker="o", label="test accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax2 = ax.twinx()
+    ax2.plot(x, np.asarray(params, dtype=float) / 1e3, marker="s", ls="--", color="#8c8c8c",
+             label="trainable parameters")
+    ax2.set_ylabel("trainable parameters (thousands)")
+    ax2.grid(False)
+    if title:
+        ax.set_title(title)
+    fig.legend(loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
