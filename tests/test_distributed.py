@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_fit
 import pytest
 import torch
-
-import ddp_fit
 
 HERE = Path(__file__).resolve().parent
 

@@ -102,7 +102,7 @@ def test_grid_data_cache_holds_one_dataset_at_a_time(monkeypatch):
         loaded.append(name)
         return object()
 
-    monkeypatch.setattr("vplib.data.load_dataset", fake_load)
+    monkeypatch.setattr("vplib.experiments.load_dataset", fake_load)
     experiments._data.cache_clear()
     try:
         first = experiments._data("mnist", 28, 100, 50)

@@ -1,8 +1,9 @@
 """environment.yml must install what pyproject.toml's dependencies and extras install."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -145,7 +145,8 @@ def test_deep_tokens_replace_earlier_prompt_outputs():
 def test_wrong_image_size_for_the_vit_is_a_clear_error():
     b = tiny_vit()
     with pytest.raises(ValueError, match="expects"):
-        prompted_vit_features(b.model, torch.randn(1, 3, 64, 64), PromptTokens(48, 3, 2, deep=True, patch_size=4))
+        prompted_vit_features(b.model, torch.randn(1, 3, 64, 64),
+                              PromptTokens(48, 3, 2, deep=True, patch_size=4))
 
 
 def test_prompted_inputs_show_what_the_backbone_sees():

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import checks, measure, tables, vit  # noqa: E402,F401
 from .backbones import Backbone, load  # noqa: E402
 from .data import DatasetSplits, Split, load_dataset  # noqa: E402
 from .model import METHODS, PromptedClassifier, build  # noqa: E402
 from .profiles import Profile, get_profile  # noqa: E402
 from .train import History, evaluate, fit  # noqa: E402
-from . import checks, measure, tables, vit  # noqa: E402,F401
 
-__all__ = ["METHODS", "Backbone", "build", "DatasetSplits", "History", "Profile", "PromptedClassifier", "Split",
-           "evaluate", "fit", "get_profile", "load", "load_dataset", "setup"]
+__all__ = ["METHODS", "Backbone", "DatasetSplits", "History", "Profile", "PromptedClassifier",
+           "Split", "build", "evaluate", "fit", "get_profile", "load", "load_dataset", "setup"]
 
 
 def setup(seed: int = 0, *, style: bool = True, profile: str | None = None) -> Profile:

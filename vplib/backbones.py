@@ -33,15 +33,20 @@ to ``timm.create_model`` (e.g. ``vit_base_patch16_224.augreg_in21k``; online).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .data import FASHION_CLASSES
+from .vit import ViTConfig, create_vit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -287,9 +292,6 @@ def source_vit(name: str, pretrained: bool = True, folder: Path | None = None) -
     or a ``python -m vplib.pretrain`` run folder), checksum-verified, frozen."""
     from safetensors.torch import load_file
 
-    from .data import FASHION_CLASSES
-    from .vit import ViTConfig, create_vit
-
     folder = ASSETS_DIR if folder is None else Path(folder)
     card_path = folder / f"{name}.json"
     if not card_path.exists():
@@ -327,7 +329,7 @@ def _timm(name: str, pretrained: bool):
         model = timm.create_model(name, pretrained=pretrained)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"Unknown backbone {name!r}: not one of {list(OFFLINE_WEIGHTS)} "
+            raise ValueError(f"Unknown backbone {name!r}: not one of {list(BACKBONES)} "
                              f"and not a timm model name (see timm.list_models()).") from err
         raise _unavailable(name, err) from err
     except Exception as err:
@@ -403,18 +405,31 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         ValueError: unknown name. AssetUnavailable: weights neither installed nor downloadable.
         ChecksumError: an offline weight file is corrupt.
     """
-    if name in SOURCE_VITS:
-        return source_vit(name, pretrained)
-    if name in SCRATCH:
-        return Backbone(name, SCRATCH[name](), mean=(0.5,) * 3, std=(0.5,) * 3, input_size=28,
-                        crop_pct=1.0, interpolation="bilinear", class_names=None,
-                        source="random init (trained from scratch)")
-    if name == "mobilenet_v2":
-        model, cfg, source = _mobilenet_v2(pretrained)
-    elif name == "efficientnet_lite0":
-        model, cfg, source = _efficientnet_lite0(pretrained)
-    else:
-        model, cfg, source = _timm(name, pretrained)
+    loader = BACKBONES.get(name)
+    if loader is not None:
+        return loader(pretrained)
+    return _classifier(name, *_timm(name, pretrained))
+
+
+def _classifier(name: str, model: nn.Module, cfg: dict, source: str) -> Backbone:
+    """A pretrained classifier as a Backbone (ImageNet class names for a 1000-way head)."""
     n_out = getattr(model, "num_classes", None) or 1000
     names = imagenet_class_names() if n_out == 1000 else None
     return Backbone(name, model, class_names=names, source=source, **cfg)
+
+
+def _scratch(name: str, pretrained: bool = False) -> Backbone:
+    """A from-scratch backbone of :data:`SCRATCH`: random init whatever ``pretrained`` says."""
+    return Backbone(name, SCRATCH[name](), mean=(0.5,) * 3, std=(0.5,) * 3, input_size=28,
+                    crop_pct=1.0, interpolation="bilinear", class_names=None,
+                    source="random init (trained from scratch)")
+
+
+# The named backbones: name -> loader(pretrained) -> Backbone. Every other name goes to timm.
+BACKBONES: dict[str, Callable[[bool], Backbone]] = {
+    "mobilenet_v2": lambda pretrained: _classifier("mobilenet_v2", *_mobilenet_v2(pretrained)),
+    "efficientnet_lite0": lambda pretrained: _classifier("efficientnet_lite0",
+                                                         *_efficientnet_lite0(pretrained)),
+    **{name: functools.partial(source_vit, name) for name in SOURCE_VITS},
+    **{name: functools.partial(_scratch, name) for name in SCRATCH},
+}

@@ -35,11 +35,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .backbones import Backbone
+from .plots import to_image
+
 CAM_METHODS = ("gradcam", "gradcam++")
 
 
 def _backbone(model: nn.Module):
-    from .backbones import Backbone
 
     if isinstance(model, Backbone):
         return model
@@ -152,8 +154,6 @@ def overlay(image: torch.Tensor | np.ndarray, heat: np.ndarray, *, alpha: float 
     """Blend a heat map ``(H, W)`` in [0, 1] over an image (``(3, H, W)`` tensor or
     ``(H, W, 3)`` array in [0, 1]); returns ``(H, W, 3)`` floats in [0, 1]."""
     import matplotlib
-
-    from .plots import to_image
 
     img = to_image(image) if torch.is_tensor(image) else np.asarray(image, dtype=np.float32)
     if img.ndim == 2:

@@ -43,18 +43,26 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .backbones import SCRATCH, load
+from .data import load_dataset
+from .model import METHODS, REGISTRY, build
 from .profiles import Profile, get_profile
+from .report import RESULTS_DIR, environment
+from .train import _atomic_write_json, evaluate, fit
 
 FIT_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "augment", "warmup_epochs",
             "label_smoothing", "compile")
 
 DATA_KEYS = ("image_size", "max_train")
 
-DEFAULT_LR = {"linear": 1e-2, "full": 1e-4, "bias": 1e-3, "vp-pad": 1e-2, "vp-fixed": 1e-2,
-              "vp-random": 1e-2, "vpt-shallow": 1e-2, "vpt-deep": 1e-2, "msvp": 1e-2,
-              "insvp": 3e-3, "ap": 1e-2}
-# insvp: the released code's rate for CIFAR-100 at batch 64. Chapter 05's grid passes its own
-# recipe (batch 16, 1e-3, one warmup epoch), which trained better on the source ViT.
+
+
+def _default_lrs() -> dict[str, float]:
+
+    return {name: spec.default_lr for name, spec in REGISTRY.items()}
+
+
+DEFAULT_LR = _default_lrs()  # per-method starting points (vplib.model.REGISTRY), not tuned
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,6 @@ def grid(methods, backbones, datasets, *, seeds=(0,), options=({},)) -> list[Run
     ``options`` is a list of option dicts applied to every method, or a dict mapping a method
     to its own list (methods not in it get ``[{}]``).
     """
-    from .model import METHODS
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -107,7 +114,6 @@ def _git_commit() -> str | None:
 # a whole dataset at paper size is gigabytes of host memory.
 @functools.lru_cache(maxsize=1)
 def _data(name: str, size: int, max_train: int | None, max_eval: int | None):
-    from .data import load_dataset
 
     return load_dataset(name, size=size, rgb=True, max_train=max_train, max_eval=max_eval)
 
@@ -132,9 +138,6 @@ def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
     return ``(history, record)``: the record has the schema that :func:`run_one` writes (and
     ``vplib.tables.records_frame`` reads), plus ``train_seconds`` (wall time of ``fit``)."""
     import time
-
-    from .report import environment
-    from .train import evaluate, fit
 
     profile = profile or get_profile()
     t0 = time.perf_counter()
@@ -188,9 +191,6 @@ def live_run(method: str, backbone, data, *, seed: int = 0, profile: Profile | N
     then only labels the record). The head's initialisation is seeded with ``seed``."""
     import torch
 
-    from .backbones import load
-    from .model import build
-
     profile = profile or get_profile()
     fit_kw, data_kw, build_kw = _split_options(options, profile, method)
     if data_kw:
@@ -215,10 +215,6 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
             device: str | None = None, verbose: bool = False) -> dict:
     """Train and test one run; write ``out_dir/<run.key>.json`` and return the record."""
     import torch
-
-    from .backbones import SCRATCH, load
-    from .model import build
-    from .train import _atomic_write_json
 
     profile = profile or get_profile()
     out_dir = Path(out_dir)
@@ -303,7 +299,6 @@ def export(records: list[dict], name: str, command: str,
     """Add ``records`` to ``book/results/<name>.json`` with the ``command`` that produced
     them, so a chapter can load them with ``vplib.report.committed_results``. Records already
     in the file under other keys are kept, so several grids can share one file."""
-    from .report import RESULTS_DIR
 
     folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import sha256sum
-from .data import load_dataset
-from .train import _atomic_write_json, evaluate, fit
+from . import backbones
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, load, sha256sum, source_vit
+from .data import Split, convert, load_dataset, sample_photos, stratified_split, stratified_subset
+from .experiments import _git_commit
+from .train import _atomic_save, _atomic_write_json, _cosine_with_warmup, evaluate, fit
 from .vit import ViTConfig, create_vit  # noqa: F401 (the architecture; re-exported)
 
 FASHION_MEAN = (0.286, 0.286, 0.286)  # of the Fashion-MNIST training images, in [0, 1]
@@ -85,7 +87,6 @@ class Normalized(nn.Module):
 
 def _supervised_data(recipe: "Recipe", size: int, max_train, max_eval):
     """(train, val, test or None) for a supervised recipe."""
-    from .data import Split, stratified_split
 
     if recipe.data == "fashion_mnist":
         d = load_dataset("fashion_mnist", size=size, rgb=True, seed=recipe.seed,
@@ -177,8 +178,6 @@ def photo_crops(n: int, size: int, seed: int) -> torch.Tensor:
     ``(n, 1, size, size)``. The photos are not any of the course's target datasets."""
     import numpy as np
 
-    from .data import sample_photos
-
     rng = np.random.default_rng(seed)
     photos = [torch.from_numpy(p).permute(2, 0, 1).float().mul(
         torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
@@ -258,7 +257,6 @@ def distill_pool(sources: tuple, size: int, per_source: int, seed: int) -> torch
     Fashion-MNIST training split as ``vplib.data`` carves it; its validation and test images
     and all labels are left out), ``"photos"`` (:func:`photo_crops`), ``"fractals"``
     (:func:`fractal_images`, labels dropped). At most ``per_source`` images from each."""
-    from .data import convert, load_dataset, stratified_subset
 
     parts = []
     for source in sources:
@@ -371,9 +369,6 @@ def distill(out: Path, config: ViTConfig, recipe: DistillRecipe = DistillRecipe(
     (fp16, the ``VisionTransformer`` only) and its card ``out/{name}.json``.
     """
     from safetensors.torch import save_file
-
-    from .backbones import IMAGENET_MEAN, IMAGENET_STD, load
-    from .train import _atomic_save, _cosine_with_warmup
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -613,7 +608,6 @@ CANDIDATES = {
 def run_candidate(name: str, root: Path) -> dict:
     """Train candidate ``name`` into ``root/name`` (resumable) and measure its validation
     transfer; the record is written to ``root/name/transfer.json``."""
-    from .backbones import source_vit
 
     description, config, recipe = CANDIDATES[name]
     out = root / name
@@ -640,7 +634,6 @@ def compare(root: Path) -> dict:
     baselines, all measured the same way (:func:`transfer`, validation only): raw pixels, the
     first source ``vit_fashion`` (supervised on Fashion-MNIST; Fashion-MNIST is then not a
     transfer target for it), and the teacher itself at its distillation input size."""
-    from .backbones import load
 
     baselines_file = root / "baselines.json"
     if baselines_file.exists():
@@ -678,7 +671,6 @@ def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> di
 
     The learning-rate-free probe chooses ``C`` on validation; test accuracy is read once, at
     that ``C``. Takes about half an hour on one CPU thread."""
-    from .backbones import load
 
     path = Path(path)
     result = json.loads(path.read_text()) if path.exists() else {}
@@ -714,7 +706,6 @@ def card_probes(path: Path, name: str = "vit_distilled", sizes=CARD_SIZES) -> di
             continue
         result["blocks"][str(block)] = transfer(vit, n_train=sizes[0], block=block)
         save()
-    from .experiments import _git_commit
 
     result["environment"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     result.setdefault("git_commit", _git_commit())
@@ -741,7 +732,6 @@ def slice_accuracy(backbone, card: dict) -> float:
     """What the test suite re-checks on the first ``SLICE`` Fashion-MNIST test images: the
     classification accuracy of a Fashion-MNIST classifier, or, for a distilled source, the
     share of images on which its top-1 ImageNet class is its teacher's."""
-    from .backbones import load
 
     size = card["config"]["img_size"]
     test = load_dataset("fashion_mnist", size=size, rgb=True).test.select(torch.arange(SLICE))
@@ -762,15 +752,14 @@ def ship(run_dir: Path, name: str) -> dict:
     them)."""
     import shutil
 
-    from .backbones import ASSETS_DIR, load
-
-    ASSETS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / f"{name}.safetensors", ASSETS_DIR / f"{name}.safetensors")
+    assets = backbones.ASSETS_DIR  # read at call time (tests point it elsewhere)
+    assets.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / f"{name}.safetensors", assets / f"{name}.safetensors")
     card = json.loads((run_dir / f"{name}.json").read_text())
     card["history"] = json.loads((run_dir / "history.json").read_text())
-    (ASSETS_DIR / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    (assets / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     card["test_slice"] = {"first": SLICE, "acc": slice_accuracy(load(name), card)}
-    (ASSETS_DIR / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    (assets / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
 

@@ -305,154 +305,46 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    device = torch.device(device) if device is not None else default_device()
-    ctx = distributed_context(device)
-    if ctx.world > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    if batch_size < ctx.world:
-        raise ValueError(f"batch_size {batch_size} is the global batch: it must be at least the "
-                         f"number of processes ({ctx.world})")
+    device, ctx = _place(device, batch_size)
     config = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                   augment=augment, seed=seed, n_train=len(train), n_val=len(val))
     model.to(device)
-    is_cnn = getattr(getattr(model, "backbone", None), "kind", None) == "cnn"
-    if device.type == "cuda" and is_cnn:
-        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-
-    cached = cache_features and getattr(model, "frozen_features", False)
-    config["cached_features"] = bool(cached)
-    t_cache = time.perf_counter()
-    if cached:  # linear probing: the frozen part runs once, the head trains on its output
-        model.eval()
-        x_train = _batched(model.features, train.images, EVAL_BATCH, device, convert=True)
-        x_val = _batched(model.features, val.images, EVAL_BATCH, device, convert=True)
-        step_fn, eval_fn = model.head, model.head
-        cache_seconds = round(time.perf_counter() - t_cache, 3)
-    elif _fits_on(device, train.images, val.images):
-        x_train, x_val = train.images.to(device), val.images.to(device)
-        step_fn = eval_fn = model
-    else:  # too big for the GPU: host memory, each batch staged in pinned memory and copied
-        x_train, x_val = train.images, val.images
-        step_fn = eval_fn = model
-    y_train, y_val = train.labels.to(x_train.device), val.labels.to(device)
-    data_device = x_train.device
-    train_fn = step_fn
-    if ctx.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_fn = DistributedDataParallel(
-            model.head if cached else model,
-            device_ids=[device.index] if device.type == "cuda" else None)
-    if compile:
-        train_fn = _compile(train_fn, compile if isinstance(compile, str) else "inductor")
-
+    data = _stage(model, train, val, device, cache_features)
+    config["cached_features"] = data.cached
+    train_fn = _training_forward(model, data, device, ctx, compile)
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(epochs * steps_per_epoch,
-                                       int(round(warmup_epochs * steps_per_epoch))))
-    generator = torch.Generator().manual_seed(seed)
-    history = History(config=dict(config))
-    best_state = None
-    start = 0
-
+    opt = _Optimisation.create(params, lr, weight_decay, epochs * steps_per_epoch,
+                               int(round(warmup_epochs * steps_per_epoch)), seed, device)
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    history, best_state, start = History(config=dict(config)), None, 0
     if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = ckpt["config"]
-        if saved != config:
-            diff = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
-                    if saved.get(k) != config.get(k)}
-            raise ValueError(f"{ckpt_path} was written with other settings {diff} "
-                             "(saved, now): delete it or pass resume=False.")
-        _load_mutable_state(model, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["rng"]["generator"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        history = History(**ckpt["history"])
-        best_state = ckpt["best_state"]
-        start = ckpt["epoch"] + 1
+        history, best_state, start = _restore(ckpt_path, config, model, opt, device)
         if verbose and ctx.main:
             print(f"Resumed from {ckpt_path} after epoch {start} of {epochs}.")
     else:
         torch.manual_seed(seed)
-    if cached:
-        history.config["cache_seconds"] = cache_seconds
+    if data.cached:
+        history.config["cache_seconds"] = data.cache_seconds
     history.config.update(world_size=ctx.world, compile=compile,
-                          data_on_device=data_device.type == device.type)
+                          data_on_device=data.x_train.device.type == device.type)
 
     for epoch in range(start, epochs):
-        if not cached and hasattr(model, "on_epoch_start"):  # e.g. an iterative label mapping
-            model.on_epoch_start(epoch + 1, x_train, y_train)
-        # On cached features only the head runs, which has no dropout or norm layers.
-        model.train(not cached)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        order = torch.randperm(len(train), generator=generator).to(data_device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   **({} if ctx.main else {"disable": True}))
-        for step in bar:
-            batch = order[step * batch_size:(step + 1) * batch_size]
-            idx = batch[ctx.rank::ctx.world] if ctx.world > 1 else batch
-            x, y = x_train[idx], y_train[idx]
-            if data_device.type != device.type:
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if not cached:
-                x = augment_batch(x, augment, generator, draw=len(batch),
-                                  part=slice(ctx.rank, None, ctx.world))
-                if device.type == "cuda" and is_cnn:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits = train_fn(x)
-            if ctx.world == 1:
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-                batch_loss = loss.detach() * len(y)
-            else:  # DDP averages over processes: scale so the result is the global-batch mean
-                total = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
-                                        reduction="sum")
-                loss, batch_loss = total * (ctx.world / len(batch)), total.detach()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += batch_loss
-            correct += (logits.argmax(1) == y).sum()
-        if ctx.world > 1:
-            dist.all_reduce(loss_sum)
-            dist.all_reduce(correct)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-
-        model.eval()
-        with torch.no_grad():
-            val_logits = _batched(eval_fn, x_val, EVAL_BATCH, device, convert=not cached)
-        val_scores = _scores(val_logits, y_val)
+        loss_sum, correct, seconds = _train_epoch(model, train_fn, data, opt, device, ctx,
+                                                  epoch, epochs, batch_size, augment,
+                                                  label_smoothing)
+        val_scores = _validate(model, data, device)
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / len(train),
-            "train_acc": correct.item() / len(train),
-            "val_loss": val_scores["loss"],
-            "val_acc": val_scores["acc"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "images_per_s": len(train) / seconds,
+            "train_loss": loss_sum / len(train), "train_acc": correct / len(train),
+            "val_loss": val_scores["loss"], "val_acc": val_scores["acc"],
+            "lr": opt.optimizer.param_groups[0]["lr"],
+            "seconds": seconds, "images_per_s": len(train) / seconds,
             "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20
                             if device.type == "cuda" else None),
         }
@@ -467,23 +359,201 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                   f"{record['images_per_s']:.0f} img/s")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record, model)
-        if ckpt_path is not None and ctx.main:
-            _atomic_save({
-                "epoch": epoch,
-                "model": _mutable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
-                "config": config,
-                "history": history.to_dict(),
-                "best_state": best_state,
-            }, ckpt_path)
-        if ckpt_path is not None and ctx.world > 1:
-            dist.barrier()  # no process resumes from a checkpoint that is still being written
+        if ckpt_path is not None:
+            _save(ckpt_path, epoch, model, opt, device, config, history, best_state, ctx)
 
     if best_state is not None:
         _load_mutable_state(model, best_state)
     model.eval()
     return history
+
+
+# ---------------------------------------------------------------- fit's parts
+
+def _place(device, batch_size: int) -> tuple[torch.device, _Dist]:
+    """The training device and this process's place in a torchrun job (which, on CUDA,
+    trains on the GPU of its local rank)."""
+    device = torch.device(device) if device is not None else default_device()
+    ctx = distributed_context(device)
+    if ctx.world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if batch_size < ctx.world:
+        raise ValueError(f"batch_size {batch_size} is the global batch: it must be at least the "
+                         f"number of processes ({ctx.world})")
+    return device, ctx
+
+
+@dataclass
+class _Staged:
+    """The training and validation data where the epochs read them, and what runs on them."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    step_fn: Callable  # the module trained on x_train (the head on cached features)
+    cached: bool  # x_* are features computed once, not uint8 images
+    channels_last: bool
+    cache_seconds: float | None = None
+
+
+def _stage(model: nn.Module, train: Split, val: Split, device: torch.device,
+           cache_features: bool) -> _Staged:
+    """Features once (a frozen model under a linear head), or the uint8 images on the device
+    (or in host memory when they would take more than half the free GPU memory)."""
+    is_cnn = getattr(getattr(model, "backbone", None), "kind", None) == "cnn"
+    channels_last = device.type == "cuda" and is_cnn
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cache_features and getattr(model, "frozen_features", False):
+        t0 = time.perf_counter()
+        model.eval()
+        x_train = _batched(model.features, train.images, EVAL_BATCH, device, convert=True)
+        x_val = _batched(model.features, val.images, EVAL_BATCH, device, convert=True)
+        return _Staged(x_train, train.labels.to(device), x_val, val.labels.to(device),
+                       model.head, True, channels_last,
+                       round(time.perf_counter() - t0, 3))
+    if _fits_on(device, train.images, val.images):
+        x_train, x_val = train.images.to(device), val.images.to(device)
+    else:  # too big for the GPU: host memory, each batch staged in pinned memory and copied
+        x_train, x_val = train.images, val.images
+    return _Staged(x_train, train.labels.to(x_train.device), x_val, val.labels.to(device),
+                   model, False, channels_last)
+
+
+def _training_forward(model: nn.Module, data: _Staged, device: torch.device, ctx: _Dist,
+                      compile: bool | str) -> Callable:
+    """What a training step calls: the staged module, in DDP under torchrun, compiled if
+    asked."""
+    fn = data.step_fn
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        fn = DistributedDataParallel(fn, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        fn = _compile(fn, compile if isinstance(compile, str) else "inductor")
+    return fn
+
+
+@dataclass
+class _Optimisation:
+    """AdamW, its warmup-cosine schedule (stepped every batch) and the shuffling /
+    augmentation generator: the state a checkpoint must carry besides the model."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+
+    @classmethod
+    def create(cls, params, lr: float, weight_decay: float, total_steps: int,
+               warmup_steps: int, seed: int, device: torch.device) -> "_Optimisation":
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                                      fused=device.type == "cuda")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _cosine_with_warmup(total_steps, warmup_steps))
+        return cls(optimizer, scheduler, torch.Generator().manual_seed(seed))
+
+
+def _save(path: Path, epoch: int, model: nn.Module, opt: _Optimisation, device: torch.device,
+          config: dict, history: History, best_state, ctx: _Dist) -> None:
+    """Write ``last.pt`` after ``epoch`` (atomically, rank 0 only; the other ranks wait)."""
+    if ctx.main:
+        _atomic_save({
+            "epoch": epoch,
+            "model": _mutable_state(model),
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "rng": {"generator": opt.generator.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+            "config": config,
+            "history": history.to_dict(),
+            "best_state": best_state,
+        }, path)
+    if ctx.world > 1:
+        dist.barrier()  # no process resumes from a checkpoint that is still being written
+
+
+def _restore(path: Path, config: dict, model: nn.Module, opt: _Optimisation,
+             device: torch.device) -> tuple[History, dict | None, int]:
+    """Load ``last.pt`` into ``model`` and ``opt``; returns the history, the best state so far
+    and the first epoch still to run. Refuses a checkpoint written with other settings."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = ckpt["config"]
+    if saved != config:
+        diff = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
+                if saved.get(k) != config.get(k)}
+        raise ValueError(f"{path} was written with other settings {diff} "
+                         "(saved, now): delete it or pass resume=False.")
+    _load_mutable_state(model, ckpt["model"])
+    opt.optimizer.load_state_dict(ckpt["optimizer"])
+    opt.scheduler.load_state_dict(ckpt["scheduler"])
+    opt.generator.set_state(ckpt["rng"]["generator"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return History(**ckpt["history"]), ckpt["best_state"], ckpt["epoch"] + 1
+
+
+def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Optimisation,
+                 device: torch.device, ctx: _Dist, epoch: int, epochs: int, batch_size: int,
+                 augment: str, label_smoothing: float) -> tuple[float, float, float]:
+    """One pass over the training data; returns the summed loss and the number of correct
+    predictions (over every process) and the epoch's seconds."""
+    if not data.cached and hasattr(model, "on_epoch_start"):  # e.g. an iterative label mapping
+        model.on_epoch_start(epoch + 1, data.x_train, data.y_train)
+    # On cached features only the head runs, which has no dropout or norm layers.
+    model.train(not data.cached)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    n = len(data.x_train)
+    order = torch.randperm(n, generator=opt.generator).to(data.x_train.device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    bar = tqdm(range(math.ceil(n / batch_size)), desc=f"epoch {epoch + 1}/{epochs}",
+               leave=False, **({} if ctx.main else {"disable": True}))
+    for step in bar:
+        batch = order[step * batch_size:(step + 1) * batch_size]
+        idx = batch[ctx.rank::ctx.world] if ctx.world > 1 else batch
+        x, y = data.x_train[idx], data.y_train[idx]
+        if x.device.type != device.type:
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if not data.cached:
+            x = augment_batch(x, augment, opt.generator, draw=len(batch),
+                              part=slice(ctx.rank, None, ctx.world))
+            if data.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device):
+            logits = train_fn(x)
+        if ctx.world == 1:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            batch_loss = loss.detach() * len(y)
+        else:  # DDP averages over processes: scale so the result is the global-batch mean
+            total = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
+                                    reduction="sum")
+            loss, batch_loss = total * (ctx.world / len(batch)), total.detach()
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.optimizer.step()
+        opt.scheduler.step()
+        loss_sum += batch_loss
+        correct += (logits.argmax(1) == y).sum()
+    if ctx.world > 1:
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(correct)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loss_sum.item(), correct.item(), time.perf_counter() - t0
+
+
+def _validate(model: nn.Module, data: _Staged, device: torch.device) -> dict[str, float]:
+    """Loss and accuracy on the validation data, in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        eval_fn = model.head if data.cached else model
+        logits = _batched(eval_fn, data.x_val, EVAL_BATCH, device, convert=not data.cached)
+    return _scores(logits, data.y_val)
 

@@ -46,6 +46,8 @@ import re
 import torch
 import torch.nn as nn
 
+from ..backbones import is_vit
+
 LEVELS = ("all", "stages", "blocks")
 
 
@@ -54,7 +56,6 @@ def _model_and_kind(backbone) -> tuple[nn.Module, str]:
     model = getattr(backbone, "model", backbone)
     kind = getattr(backbone, "kind", None)
     if kind is None:
-        from ..backbones import is_vit
 
         kind = "vit" if is_vit(model) else "cnn"
     return model, kind

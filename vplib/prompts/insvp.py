@@ -143,7 +143,8 @@ class InsVPImagePrompt(nn.Module):
     """
 
     def __init__(self, image_size: int, patch_size: int, channels: int = 3, *, patch_prompter: bool = True,
-                 global_prompter: bool = True, beta_image: float = 2.0, hidden: int = 16, dropout: float = 0.1,
+                 global_prompter: bool = True, beta_image: float = 2.0, hidden: int = 16,
+                 dropout: float = 0.1,
                  global_kernels: tuple[int, int] = (11, 25), global_hidden: int = 6,
                  combine: Combine = "official", global_dilation: int = 1):
         super().__init__()
@@ -322,7 +323,8 @@ class InsVPFeaturePrompt(nn.Module):
             if specific is None:
                 raise RuntimeError("InsVPFeaturePrompt.tokens() called before setup(z)")
             if specific.shape[0] != batch_size:
-                raise ValueError(f"setup() saw a batch of {specific.shape[0]}, tokens() asked for {batch_size}")
+                raise ValueError(f"setup() saw a batch of {specific.shape[0]}, tokens() asked "
+                                 f"for {batch_size}")
         return _mix(common, specific, self.beta_feature, self.combine)
 
 
