@@ -49,3 +49,41 @@ def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor],
         shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
         raise AssertionError(f"{what} changed: {len(diff)} of {len(reference)} tensors differ "
                              f"({shown})")
+
+
+# Used by prompt_vs_shift (below).
+import copy  # noqa: E402
+
+from .prompts.activation import ActivationPrompt  # noqa: E402
+
+
+@torch.no_grad()
+def prompt_vs_shift(backbone, images: torch.Tensor, v: torch.Tensor, *, at: str, shift: str,
+                    hook: bool = False) -> tuple[float, float]:
+    """How far adding a vector ``v`` inside ``backbone`` is from shifting one of its parameters
+    by ``v`` (chapter 06: a shared activation prompt right after a norm layer *is* a shift of
+    that layer's ``beta``).
+
+    ``v`` (one value per channel, shared over the positions) is added to the output of the
+    submodule ``at`` of ``backbone.model``: by a shared
+    :class:`~vplib.prompts.activation.ActivationPrompt` (``at`` one of its layer names), or,
+    with ``hook=True``, by a plain forward hook (any submodule, e.g. a LayerNorm inside a
+    block). The reference is a deep copy of ``backbone`` whose parameter ``shift`` (a dotted
+    name in ``backbone.model``) is increased by ``v``. Returns ``(max |difference of the
+    logits|, max |logit| of the prompted network)`` on ``images``; ``backbone`` is left as it
+    was (no hook, no change).
+    """
+    shifted = copy.deepcopy(backbone)  # before any hook, so the copy carries none
+    shifted.model.get_parameter(shift).add_(v)
+    if hook:
+        handle = backbone.model.get_submodule(at).register_forward_hook(
+            lambda _module, _inputs, output: output + (v.view(-1, 1, 1) if output.ndim == 4 else v))
+        try:
+            prompted = backbone(images)
+        finally:
+            handle.remove()
+    else:
+        with ActivationPrompt(backbone, at, images.shape[-1], shared_over_positions=True) as ap:
+            ap.delta.copy_(v.view(ap.delta.shape))
+            prompted = backbone(images)
+    return float((prompted - shifted(images)).abs().max()), float(prompted.abs().max())

@@ -281,3 +281,204 @@ def accuracy_and_cost(x, acc, params, *, xlabel: str, title: str | None = None,
     fig.legend(loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+
+def image_rows(rows: dict, *, signed: Sequence[str] = (), row_scale: bool = True,
+               size: float = 1.6, suptitle: str | None = None):
+    """A grid of images, one row per ``{title: (N, C, H, W) tensor}`` entry (all rows the same
+    ``N``), one column per image (chapter 05's prompts of a few test images).
+
+    Rows whose title is in ``signed`` are signed maps (prompts), drawn with
+    :func:`signed_image` (mid-grey is zero) on one scale per row, the row's largest magnitude,
+    so the panels of a row are comparable; ``row_scale=False`` gives each panel its own scale.
+    The other rows are images (uint8, or float in [0, 1]). Returns the figure.
+    """
+    n = len(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(rows), n, figsize=(size * n, size * len(rows)), squeeze=False)
+    for ax_row, (title, images) in zip(axes, rows.items()):
+        scale = float(images.detach().abs().max()) if title in signed and row_scale else None
+        for ax, img in zip(ax_row, images):
+            ax.imshow(signed_image(img, scale) if title in signed else to_image(img),
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+        ax_row[0].set_ylabel(title, fontsize=9, rotation=0, ha="right", va="center")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def token_heatmaps(tokens: torch.Tensor, titles: Sequence[str], *, suptitle: str | None = None,
+                   size: tuple[float, float] = (2.2, 1.9)):
+    """Prompt tokens of a few images as heatmaps, one panel per image: ``tokens`` is
+    ``(N, L, D)``, a panel's rows are its ``L`` tokens and its columns their ``D`` values, on
+    one colour scale for all panels (blue negative, white zero, red positive; the largest
+    magnitude saturates). ``size``: inches per panel. Returns the figure."""
+    tokens = tokens.detach().float().cpu()
+    scale = max(float(tokens.abs().max()), 1e-12)
+    fig, axes = plt.subplots(1, len(tokens), figsize=(size[0] * len(tokens), size[1]),
+                             sharey=True, squeeze=False)
+    for ax, t, title in zip(axes[0], tokens, titles):
+        ax.imshow(t.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto",
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("channel (of D)", fontsize=8)
+        ax.set_yticks(range(0, t.shape[0], 2))
+        ax.grid(False)
+    axes[0, 0].set_ylabel("token")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_panels(sweeps, defaults: dict, labels: dict, *, log: Sequence[str] = (),
+                 ncols: int = 3, ylabel: str = "accuracy (%)", suptitle: str | None = None):
+    """One panel per swept setting (chapter 05's hyperparameter sweeps): test and validation
+    accuracy (fractions, drawn in percent) against the setting's value, with a dotted line at
+    its default.
+
+    ``sweeps`` is a DataFrame with one row per run and the columns ``setting``, ``value``,
+    ``test_acc`` and ``val_acc`` (the default run belongs to every setting's rows);
+    ``defaults`` maps a setting to its default value and ``labels`` a setting to its x-axis
+    label, in panel order. Settings in ``log`` get a log x-axis. Returns the figure.
+    """
+    nrows = -(-len(labels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(11 / 3 * ncols, 3.0 * nrows), sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, (setting, label) in zip(axes.flat, labels.items()):
+        rows = sweeps[sweeps.setting == setting].sort_values("value")
+        ax.plot(rows.value, 100 * rows.test_acc, marker="o", label="test")
+        ax.plot(rows.value, 100 * rows.val_acc, marker="s", ls="--", alpha=0.6, label="validation")
+        ax.axvline(defaults[setting], color="0.6", lw=1, ls=":")
+        ax.set_xlabel(label)
+        if setting in log:
+            ax.set_xscale("log")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def labelled_points(points, *, x: str, panels: dict, panel: str = "dataset",
+                    label: str = "setting", names: dict | None = None, highlight=None,
+                    xlabel: str = "", ylabel: str = "test accuracy (%)",
+                    suptitle: str | None = None):
+    """Mean ± sd accuracies against a count on a log axis, every point labelled (chapter 05's
+    accuracy against trained parameters).
+
+    ``points`` has one row per point with ``mean`` and ``sd`` (fractions, drawn in percent; a
+    NaN sd draws no error bar, as :func:`vplib.tables.mean_sd` gives for one seed), the x
+    column ``x`` and the columns ``panel`` and ``label``. One panel per ``{value of panel:
+    title}`` entry of ``panels``; a point's text is ``names.get(label, label)``. Rows for which
+    ``highlight(row)`` is true (a row of ``points.itertuples()``) are blue circles, the others
+    red squares. Returns the figure.
+    """
+    names = names or {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), sharey=True,
+                             squeeze=False)
+    for ax, (value, title) in zip(axes[0], panels.items()):
+        for r in points[points[panel] == value].itertuples():
+            marked = bool(highlight(r)) if highlight is not None else True
+            ax.errorbar(getattr(r, x), 100 * r.mean, yerr=0 if np.isnan(r.sd) else 100 * r.sd,
+                        capsize=3, marker="o" if marked else "s",
+                        color=PALETTE[0] if marked else PALETTE[3])
+            text = getattr(r, label)
+            ax.annotate(names.get(text, text), (getattr(r, x), 100 * r.mean), fontsize=8,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+    axes[0, 0].set_ylabel(ylabel)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def cost_curves(costs, labels: dict, *, title: str | None = None):
+    """Chapter 06's cost of one training step against the depth of the prompted layer: the
+    activations kept for the backward pass (left) and the time per step (right) of an
+    activation prompt at every layer (solid), next to VP (dashed) and, on the right, the
+    forward pass alone (dotted); one colour per backbone.
+
+    ``costs`` has one row per (backbone, prompt) with the columns ``backbone``, ``layer``
+    (``"input"`` on VP's row), ``relative depth``, ``saved MB``, ``step ms`` and, on VP's row,
+    ``forward ms``. ``labels`` maps a backbone to its legend label, in drawing order (colours
+    follow :data:`PALETTE`). Returns the figure.
+    """
+    fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for colour, (backbone, label) in zip(PALETTE, labels.items()):
+        part = costs[costs.backbone == backbone]
+        ap, vp = part[part.layer != "input"], part[part.layer == "input"].iloc[0]
+        for ax, column in ((ax_mem, "saved MB"), (ax_time, "step ms")):
+            ax.plot(ap["relative depth"], ap[column], "o-", color=colour, label=f"AP · {label}")
+            ax.axhline(vp[column], color=colour, ls="--", lw=1, label=f"VP · {label}")
+        ax_time.axhline(vp["forward ms"], color=colour, ls=":", lw=1,
+                        label=f"forward pass only · {label}")
+    for ax, ylabel, axis_title in (
+            (ax_mem, "saved for backward (MB per step)", "Activations kept for the backward pass"),
+            (ax_time, "time per training step (ms)", "Time of one training step")):
+        ax.set_xlabel("relative depth k / L of the prompted layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(axis_title)
+        ax.set_ylim(bottom=0)
+    fig.legend(*ax_time.get_legend_handles_labels(), frameon=False, fontsize=8, ncol=3,
+               loc="lower center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    return fig
+
+
+def layer_sweep(sweep, baselines: dict, *, panels: dict, labels: dict,
+                title: str | None = None):
+    """Chapter 06's layer sweep: test accuracy (in %, error bars one binomial SE) of a prompt
+    at each layer against the layer's relative depth, one panel per dataset and one colour
+    and marker per backbone; a star marks the layer with the best validation accuracy.
+
+    ``sweep`` has one row per run with ``backbone``, ``dataset``, ``depth``, ``test_acc``,
+    ``val_acc`` and ``se`` (fractions). ``baselines`` maps ``(backbone, dataset)`` to
+    ``{"linear": acc, "vp": acc}``: the linear probe is drawn as a dashed line, VP as an open
+    marker at depth 0 (the input). ``panels`` maps a dataset to its panel title, ``labels`` a
+    backbone to its legend name, in drawing order (colours follow :data:`PALETTE`). Returns
+    the figure.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.4), sharey=True,
+                             squeeze=False)
+    for ax, (dataset, panel_title) in zip(axes[0], panels.items()):
+        for colour, marker, (backbone, name) in zip(PALETTE, "os^D", labels.items()):
+            part = sweep[(sweep.backbone == backbone) & (sweep.dataset == dataset)]
+            part = part.sort_values("depth")
+            ax.errorbar(part.depth, 100 * part.test_acc, yerr=100 * part.se, color=colour,
+                        marker=marker, ms=4, capsize=2, label=f"AP per position · {name}")
+            if len(part):
+                best = part.loc[part.val_acc.idxmax()]
+                ax.plot(best.depth, 100 * best.test_acc, marker="*", ms=15, color=colour,
+                        markeredgecolor="black", ls="none")
+            base = baselines.get((backbone, dataset), {})
+            if "linear" in base:
+                ax.axhline(100 * base["linear"], color=colour, ls="--", lw=1,
+                           label=f"linear probe · {name}")
+            if "vp" in base:
+                ax.plot(0, 100 * base["vp"], marker=marker, ms=8, ls="none",
+                        markerfacecolor="white", markeredgecolor=colour,
+                        label=f"VP (input) · {name}")
+        ax.set_xlabel("relative depth of the prompted layer, k / L\n"
+                      "(k = 1 is the first block; 0 is the input: VP)")
+        ax.set_title(panel_title)
+    axes[0, 0].set_ylabel("test accuracy (%)")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), frameon=False, fontsize=8, ncol=3,
+               loc="lower center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
