@@ -6,8 +6,12 @@ chapter can fail and says why when it does.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
+
+from .prompts.activation import ActivationPrompt
 
 
 def chance_margin(n: int, num_classes: int, *, z: float = 3.0) -> float:
@@ -52,9 +56,7 @@ def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor],
 
 
 # Used by prompt_vs_shift (below).
-import copy  # noqa: E402
 
-from .prompts.activation import ActivationPrompt  # noqa: E402
 
 
 @torch.no_grad()
