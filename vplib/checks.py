@@ -55,9 +55,6 @@ def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor],
                              f"({shown})")
 
 
-# Used by prompt_vs_shift (below).
-
-
 
 @torch.no_grad()
 def prompt_vs_shift(backbone, images: torch.Tensor, v: torch.Tensor, *, at: str, shift: str,
