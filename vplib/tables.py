@@ -197,3 +197,51 @@ def against_best(frame: pd.DataFrame, by, *, column: str = "method", value: str 
     if not rows:
         raise ValueError("no rows: the frame is empty")
     return pd.DataFrame(rows)
+
+
+def binomial_se(acc, n):
+    """One binomial standard error of an accuracy ``acc`` measured on ``n`` test images,
+    ``sqrt(acc (1 - acc) / n)``: a float for numbers (NumPy scalars included), element-wise
+    for aligned Series / arrays."""
+    se = (acc * (1 - acc) / n) ** 0.5
+    return float(se) if pd.api.types.is_scalar(se) else se
+
+
+def styled(frame: pd.DataFrame, columns=None, **formats):
+    """``frame[columns]`` (default: all) as a Styler with the index hidden and the course's
+    formats for the record columns of :func:`records_frame`: accuracies (``test_acc``,
+    ``val_acc``, ``se``) as percentages, parameter counts with thousands separators,
+    ``trainable_pct`` to 3 decimals, ``seconds_per_epoch`` to 1 and ``train_seconds`` to 0.
+    ``formats`` (``column="{:.2f}"``) add to or override them."""
+    shown = frame if columns is None else frame[list(columns)]
+    known = {"test_acc": "{:.1%}", "val_acc": "{:.1%}", "se": "{:.1%}",
+             "trainable_params": "{:,}", "backbone_params": "{:,}", "trainable_pct": "{:.3f}",
+             "seconds_per_epoch": "{:.1f}", "train_seconds": "{:.0f}"}
+    known.update(formats)
+    used = {k: v for k, v in known.items() if k in shown.columns}
+    return shown.style.format(used).hide(axis="index")
+
+
+def paired_table(frame: pd.DataFrame, a: str, b: str, *, column: str = "setting",
+                 by=("dataset",), labels: dict | None = None, digits: int = 1,
+                 pair: str = "seed", value: str = "test_acc", alpha: float = 0.05) -> pd.DataFrame:
+    """The table of a paired comparison, one row per group of ``by`` (first-seen order):
+    ``a`` and ``b`` as mean ± sd over their runs (:func:`format_mean_sd`, percent, ``digits``
+    decimals), ``n`` pairs, ``"<a> - <b>"`` as the mean ± sd of the paired differences in
+    points (signed), and the paired t-test's ``p`` and ``verdict``
+    (:func:`paired_differences`). ``labels`` renames ``a`` and ``b`` in the headers."""
+    by = [by] if isinstance(by, str) else list(by)
+    names = {a: a, b: b, **(labels or {})}
+    stats = mean_sd(frame[frame[column].isin([a, b])], by + [column], value)
+    stats["cell"] = [format_mean_sd(m, s, n, digits=digits)
+                     for m, s, n in zip(stats["mean"], stats["sd"], stats["n"])]
+    cells = stats.pivot(index=by, columns=column, values="cell")
+    diffs = paired_differences(frame, a, b, column=column, by=by, pair=pair, value=value,
+                               alpha=alpha).set_index(by)
+    out = pd.DataFrame({names[a]: cells[a], names[b]: cells[b]}).loc[diffs.index]
+    out["n"] = diffs["n"]
+    out[f"{names[a]} - {names[b]}"] = [
+        f"{100 * d:+.{digits}f}" + ("" if pd.isna(s) else f" ± {100 * s:.{digits}f}")
+        for d, s in zip(diffs["diff"], diffs["diff_sd"])]
+    out["p"], out["verdict"] = diffs["p"], diffs["verdict"]
+    return out.reset_index()
