@@ -130,3 +130,16 @@ def test_live_run_has_the_grid_record_schema():
         experiments.live_run("linear", "vit_distilled", data, max_train=10)
     with pytest.raises(ValueError, match="with model="):
         experiments.live_run("vp-pad", "vit_distilled", data, model=run.model, prompt_size=3)
+
+
+def test_live_run_seeds_a_from_scratch_backbone_like_a_grid_run():
+    from vplib import experiments
+
+    data = load_dataset("mnist", size=28, rgb=True, max_train=40, max_eval=20)
+    runs = []
+    for noise in (1, 2):  # different global random states before the call
+        torch.manual_seed(noise)
+        torch.rand(noise)
+        runs.append(experiments.live_run("linear", "msvp_cnn", data, epochs=1, batch_size=20))
+    a, b = (r.model.backbone.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import warnings  # noqa: E402
+
+with warnings.catch_warnings():  # no ipywidgets (plain Jupyter): tqdm falls back to text bars.
+    warnings.simplefilter("ignore")  # timm's hub client imports tqdm.auto too: import it here,
+    import tqdm.auto  # noqa: E402,F401  before any module of vplib imports timm
+
 from . import checks, measure, tables, vit  # noqa: E402,F401
 from .backbones import Backbone, load  # noqa: E402
 from .data import DatasetSplits, Split, load_dataset  # noqa: E402

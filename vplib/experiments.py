@@ -197,6 +197,7 @@ def live_run(method: str, backbone, data, *, seed: int = 0, profile: Profile | N
         raise ValueError(f"live_run trains on the data it is given; {sorted(data_kw)} shape "
                          "the data: pass them to load_dataset instead")
     if isinstance(backbone, str):
+        torch.manual_seed(seed)  # as run_one: a from-scratch backbone's init follows the seed
         backbone = load(backbone)
     if model is None:
         torch.manual_seed(seed)

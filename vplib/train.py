@@ -43,10 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-
-with warnings.catch_warnings():  # no ipywidgets (plain Jupyter): tqdm falls back to text bars
-    warnings.simplefilter("ignore")
-    from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # first imported, without its Jupyter warning, by vplib/__init__
 
 from .data import Split
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
