@@ -94,55 +94,77 @@ def prompted_inputs(model, images: torch.Tensor) -> torch.Tensor:
     return (z * backbone.std + backbone.mean).clamp(0, 1).cpu()
 
 
-def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, datasets: dict,
-                          colours: dict, xlabel: str, title: str, note: str | None = None):
-    """Test accuracy (mean ± sd over seeds, in %) against a cost on a log axis, one panel per
-    backbone, each panel with its own accuracy range (chapter 08's accuracy-versus-cost plots).
+def vpt_sequence_figure(depth: int, n_patches: int):
+    """Chapter 03's diagram: the inputs of blocks 1 and 2 under VPT-shallow (left) and
+    VPT-deep (right), three tokens drawn for the ``L`` prompts, for a ViT of ``depth`` blocks
+    and ``n_patches`` patch tokens. Learnable prompts are orange; the frozen blocks' outputs at
+    the prompt positions hatched (shallow: carried on) or crossed out (deep: replaced).
+    Returns the figure."""
+    from matplotlib.patches import FancyBboxPatch, Rectangle
 
-    ``summary`` has one row per (backbone, dataset, method) with ``test_acc_mean``,
-    ``test_acc_sd`` (NaN for one seed: no error bar) and the cost column ``x`` (as
-    ``vplib.experiments.summarize`` returns). ``panels`` maps backbone -> panel title,
-    ``names`` method -> legend label (in legend order), ``datasets`` dataset -> label (one
-    marker each: the first filled, the others hollow) and ``colours`` method -> colour.
-    ``note`` is written below each panel's lowest linear-probe point. Returns the figure.
-    """
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import NullFormatter
+    w, gap, h = 0.78, 0.12, 0.6
+    colours = {"cls": "#bdbdbd", "prompt": "#e07b39", "carried": "#f6c9a8", "patch": "#a9c4e4"}
+    kinds = ["cls", "prompt", "prompt", "prompt", "patch", "patch", None, "patch"]
+    centres = [i * (w + gap) + w / 2 for i in range(len(kinds))]
+    right = centres[-1] + w / 2
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
 
-    markers = dict(zip(datasets, "os^Dv"))
-    filled = next(iter(datasets))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.8), sharex=True,
-                             squeeze=False)
-    for ax, (backbone, panel_title) in zip(axes.flat, panels.items()):
-        part = summary[summary.backbone == backbone]
-        for row in part.itertuples():
-            sd = 0.0 if np.isnan(row.test_acc_sd) else 100 * row.test_acc_sd
-            colour = colours[row.method]
-            ax.errorbar(getattr(row, x), 100 * row.test_acc_mean, yerr=sd,
-                        fmt=markers[row.dataset], color=colour, ms=7, capsize=3, mew=1.5,
-                        mfc=colour if row.dataset == filled else "white")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(True, which="major", alpha=0.6)
-        ax.grid(True, which="minor", axis="x", alpha=0.2)
-        ax.set_title(panel_title)
-        ax.set_xlabel(xlabel)
-        linear = part[part.method == "linear"]
-        if note and len(linear):
-            ax.annotate(note, (linear[x].min(), 100 * linear.test_acc_mean.min()),
-                        xytext=(0, -28), textcoords="offset points", fontsize=8,
-                        color=colours["linear"])
-    axes.flat[0].set_ylabel("test accuracy (%), mean ± sd over seeds")
-    methods = [Line2D([], [], color=colours[m], marker="o", ls="", label=label)
-               for m, label in names.items()]
-    keys = [Line2D([], [], color="#444444", marker=markers[ds], ls="",
-                   mfc="#444444" if ds == filled else "white", label=label)
-            for ds, label in datasets.items()]
-    fig.legend(handles=methods, frameon=False, fontsize=8, ncol=5, loc="lower center",
-               bbox_to_anchor=(0.5, 0.05))
-    fig.legend(handles=keys, frameon=False, fontsize=8, ncol=len(keys), loc="lower center")
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    for ax, deep in zip(axes, (False, True)):
+        def row(y, labels, prompt_kind, ax=ax):
+            for x, kind, text in zip(centres, kinds, labels):
+                kind = prompt_kind if kind == "prompt" else kind
+                if kind is not None:
+                    ax.add_patch(Rectangle((x - w / 2, y), w, h, facecolor=colours[kind],
+                                           edgecolor="#333", lw=0.8,
+                                           hatch="///" if kind == "carried" else None))
+                box = (dict(facecolor="white", edgecolor="none", pad=1)
+                       if kind == "carried" else None)
+                ax.text(x, y + h / 2, text, ha="center", va="center", fontsize=10, bbox=box)
+
+        def block(y, label, ax=ax):
+            ax.add_patch(FancyBboxPatch((0, y), right, 0.42, boxstyle="round,pad=0.02",
+                                        facecolor="#f0f0f0", edgecolor="#777", lw=0.8))
+            ax.text(right / 2, y + 0.21, label, ha="center", va="center", fontsize=9)
+
+        def arrows(y_top, y_bottom, crossed=(), ax=ax):
+            for i, (x, kind) in enumerate(zip(centres, kinds)):
+                if kind is None:
+                    continue
+                if i in crossed:
+                    ax.text(x, (y_top + y_bottom) / 2, "✕", color="#a23b1f", ha="center",
+                            va="center", fontsize=11, fontweight="bold")
+                else:
+                    ax.annotate("", xy=(x, y_bottom), xytext=(x, y_top),
+                                arrowprops=dict(arrowstyle="->", color="#777", lw=0.8))
+
+        first = [r"$P_0$"] * 3 if deep else [r"$P$"] * 3
+        row(3.2, [r"$x_0$", *first, r"$E_0$", r"$E_0$", r"$\cdots$", r"$E_0$"], "prompt")
+        arrows(3.2, 2.82)
+        block(2.4, "block 1 (frozen)")
+        arrows(2.38, 1.82, crossed=(1, 2, 3) if deep else ())
+        second = [r"$P_1$"] * 3 if deep else [r"$Z_1$"] * 3
+        row(1.2, [r"$x_1$", *second, r"$E_1$", r"$E_1$", r"$\cdots$", r"$E_1$"],
+            "prompt" if deep else "carried")
+        arrows(1.2, 0.82)
+        block(0.4, f"block 2 (frozen), and so on to block {depth}")
+        note = ("block 1's outputs at the prompt\npositions are discarded (✕);\n"
+                "fresh learnable $P_1$ enter" if deep else
+                "block 1's outputs at the prompt\npositions ($Z_1$) are carried on;\n"
+                "nothing new is learned here")
+        ax.text(right + 0.3, 1.5, note, fontsize=8.5, va="center",
+                color="#a23b1f" if deep else "#7a4a1f")
+        for y, label in [(3.5, "input to\nblock 1"), (1.5, "input to\nblock 2")]:
+            ax.text(-0.3, y, label, ha="right", va="center", fontsize=9)
+        patches = f"{n_patches} patch tokens (+ position)"
+        for x, label in [(centres[0], "class"), (centres[2], "L prompt tokens"),
+                         ((centres[4] + centres[-1]) / 2, patches)]:
+            ax.text(x, 3.95, label, ha="center", fontsize=8.5)
+        ax.set_xlim(-1.5, right + 3.0)
+        ax.set_ylim(0.3, 4.25)
+        ax.set_axis_off()
+        ax.set_title(f"VPT-{'deep' if deep else 'shallow'}: "
+                     f"{'$MLd$' if deep else '$Ld$'} prompt parameters", fontsize=11)
+    fig.tight_layout()
     return fig
 
 
@@ -165,6 +187,68 @@ def photo_predictions(photos: dict, predictions: Sequence, *, k: int = 3, ncols:
                 va="bottom", bbox=dict(facecolor="white", alpha=0.85, edgecolor="none"))
     if suptitle:
         fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def length_sweep_figure(runs, *, dataset: str = "mnist"):
+    """Chapter 03's grid in two panels: test accuracy against prompt length on ``dataset``
+    (VPT-shallow and VPT-deep with one-standard-error bars, the linear probe and VP as
+    horizontal lines; below each length, the trainable parameters of shallow · deep), and
+    accuracy against trainable parameters for every run of every dataset.
+
+    ``runs``: a :func:`vplib.tables.records_frame` of the grid with ``length`` (the VPT
+    prompt length, NaN for other methods), ``se`` (binomial standard error of ``test_acc``)
+    and ``setting`` (the label of a line). Returns the figure."""
+    from matplotlib.ticker import NullFormatter
+
+    sweep = runs[runs.method.str.startswith("vpt") & (runs.dataset == dataset)]
+    sweep = sweep.sort_values("length")
+    reference = runs[(runs.dataset == dataset) & runs.method.isin(["linear", "vp-pad"])]
+    params = sweep.pivot(index="length", columns="method", values="trainable_params")
+    styles = {"vpt-shallow": ("#3b6ea8", "o"), "vpt-deep": ("#e07b39", "s")}
+    colours = {"linear": "#8c8c8c", "vp-pad": "#4f9d69", **{m: c for m, (c, _) in styles.items()}}
+    fig, (ax, ax_params) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for method, (colour, marker) in styles.items():
+        part = sweep[sweep.method == method]
+        ax.errorbar(part.length, 100 * part.test_acc, yerr=100 * part.se, color=colour,
+                    marker=marker, capsize=3, label=method)
+    for (_, row), ls in zip(reference.iterrows(), ["--", "-."]):
+        ax.axhline(100 * row.test_acc, color=colours[row.method], ls=ls, lw=1, label=row.setting)
+    ax.set_xscale("log")
+    ax.set_xticks(params.index, [f"{int(n)}\n{params.loc[n, 'vpt-shallow'] / 1000:.1f}k · "
+                                 f"{params.loc[n, 'vpt-deep'] / 1000:.1f}k" for n in params.index],
+                  fontsize=9)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("prompt length L (below it: trainable parameters, shallow · deep)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(frameon=False, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    ax.set_title(f"{'MNIST-5k' if dataset == 'mnist' else dataset}: prompt length sweep")
+
+    names = [dataset] + [d for d in runs.dataset.unique() if d != dataset]
+    for name, marker in zip(names, ["o", "^", "s", "D"]):
+        part = runs[runs.dataset == name]
+        ax_params.scatter(part.trainable_params, 100 * part.test_acc, marker=marker, s=45,
+                          color=part.method.map(colours), zorder=3)
+        for _, row in part[part.length.notna()].iterrows():
+            ax_params.annotate(f"L={int(row.length)}", (row.trainable_params, 100 * row.test_acc),
+                               xytext=(5, 3), textcoords="offset points", fontsize=7, color="#555")
+        ax_params.scatter([], [], color="k", marker=marker, label=name)
+    for method, name in [("linear", "linear probe"), ("vp-pad", "VP (pad)"),
+                         ("vpt-shallow", "VPT-shallow"), ("vpt-deep", "VPT-deep")]:
+        ax_params.scatter([], [], color=colours[method], marker="s", label=name)
+    ax_params.set_xscale("log")
+    ticks = [t for t in (1000, 2000, 5000, 10000, 20000, 50000)
+             if runs.trainable_params.min() / 1.5 <= t <= runs.trainable_params.max() * 1.5]
+    ax_params.set_xticks(ticks, [f"{t // 1000}k" for t in ticks])
+    ax_params.xaxis.set_minor_formatter(NullFormatter())
+    ax_params.set_xlabel("trainable parameters (log scale)")
+    ax_params.set_ylabel("test accuracy (%)")
+    ax_params.legend(frameon=False, fontsize=8, ncol=3, loc="upper center",
+                     bbox_to_anchor=(0.5, -0.2))
+    ax_params.set_title("Accuracy against trainable parameters")
+    fig.suptitle(f"Committed grid: standard profile, {runs.epochs.iloc[0]} epochs, one seed "
+                 "(error bars: one binomial standard error)")
     fig.tight_layout()
     return fig
 
@@ -261,25 +345,55 @@ def amplified_prompt(model, gain: float):
     return amplified
 
 
-def accuracy_and_cost(x, acc, params, *, xlabel: str, title: str | None = None,
-                      figsize=(6, 3.4)):
-    """A sweep of one setting ``x`` (e.g. a prompt's size): test accuracy (``acc``, fractions,
-    drawn in percent with circles on the left axis) and trainable parameters (``params``,
-    drawn in thousands with dashed squares on the right axis), one legend below. Returns the
-    figure."""
-    fig, ax = plt.subplots(figsize=figsize)
-    ax.plot(x, 100 * np.asarray(acc, dtype=float), marker="o", label="test accuracy")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
-    ax2 = ax.twinx()
-    ax2.plot(x, np.asarray(params, dtype=float) / 1e3, marker="s", ls="--", color="#8c8c8c",
-             label="trainable parameters")
-    ax2.set_ylabel("trainable parameters (thousands)")
-    ax2.grid(False)
-    if title:
-        ax.set_title(title)
-    fig.legend(loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, datasets: dict,
+                          colours: dict, xlabel: str, title: str, note: str | None = None):
+    """Test accuracy (mean ± sd over seeds, in %) against a cost on a log axis, one panel per
+    backbone, each panel with its own accuracy range (chapter 08's accuracy-versus-cost plots).
+
+    ``summary`` has one row per (backbone, dataset, method) with ``test_acc_mean``,
+    ``test_acc_sd`` (NaN for one seed: no error bar) and the cost column ``x`` (as
+    ``vplib.experiments.summarize`` returns). ``panels`` maps backbone -> panel title,
+    ``names`` method -> legend label (in legend order), ``datasets`` dataset -> label (one
+    marker each: the first filled, the others hollow) and ``colours`` method -> colour.
+    ``note`` is written below each panel's lowest linear-probe point. Returns the figure.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
+
+    markers = dict(zip(datasets, "os^Dv"))
+    filled = next(iter(datasets))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.8), sharex=True,
+                             squeeze=False)
+    for ax, (backbone, panel_title) in zip(axes.flat, panels.items()):
+        part = summary[summary.backbone == backbone]
+        for row in part.itertuples():
+            sd = 0.0 if np.isnan(row.test_acc_sd) else 100 * row.test_acc_sd
+            colour = colours[row.method]
+            ax.errorbar(getattr(row, x), 100 * row.test_acc_mean, yerr=sd,
+                        fmt=markers[row.dataset], color=colour, ms=7, capsize=3, mew=1.5,
+                        mfc=colour if row.dataset == filled else "white")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.6)
+        ax.grid(True, which="minor", axis="x", alpha=0.2)
+        ax.set_title(panel_title)
+        ax.set_xlabel(xlabel)
+        linear = part[part.method == "linear"]
+        if note and len(linear):
+            ax.annotate(note, (linear[x].min(), 100 * linear.test_acc_mean.min()),
+                        xytext=(0, -28), textcoords="offset points", fontsize=8,
+                        color=colours["linear"])
+    axes.flat[0].set_ylabel("test accuracy (%), mean ± sd over seeds")
+    methods = [Line2D([], [], color=colours[m], marker="o", ls="", label=label)
+               for m, label in names.items()]
+    keys = [Line2D([], [], color="#444444", marker=markers[ds], ls="",
+                   mfc="#444444" if ds == filled else "white", label=label)
+            for ds, label in datasets.items()]
+    fig.legend(handles=methods, frameon=False, fontsize=8, ncol=5, loc="lower center",
+               bbox_to_anchor=(0.5, 0.05))
+    fig.legend(handles=keys, frameon=False, fontsize=8, ncol=len(keys), loc="lower center")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 
@@ -404,6 +518,116 @@ def labelled_points(points, *, x: str, panels: dict, panel: str = "dataset",
     return fig
 
 
+def panel_grid(rows: dict, *, titles: Sequence[str] | None = None, size: float = 1.8,
+               suptitle: str | None = None, fontsize: float = 9, heat_cmap: str = "jet",
+               alpha: float = 0.5):
+    """A grid of image panels, one row per entry of ``rows`` (``{row label: panels}``, the
+    label written left of the row) and ``titles`` over the top row's columns; ``size``: inches
+    per panel. Returns the figure.
+
+    A panel is an image (a ``(C, H, W)`` tensor, uint8 or float in [0, 1], or an ``(H, W)`` /
+    ``(H, W, 3)`` array in [0, 1]; one channel is drawn in grey), or a pair ``(image, heat)``:
+    the image with the map ``heat`` (``(h, w)``, any resolution) over it in ``heat_cmap`` at
+    opacity ``alpha``, one flat cell per map entry stretched over the image, and scaled to the
+    map's own min and max. A row shorter than the longest leaves its last places empty.
+    """
+    ncols = max(len(panels) for panels in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, squeeze=False, figsize=(
+        size * ncols, size * len(rows) + (0.3 if suptitle else 0)))
+    for ax_row, (label, panels) in zip(axes, rows.items()):
+        for ax in ax_row[len(panels):]:
+            ax.axis("off")
+        for ax, panel in zip(ax_row, panels):
+            image, heat = panel if isinstance(panel, tuple) else (panel, None)
+            img = to_image(image) if torch.is_tensor(image) else np.asarray(image)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            if heat is not None:
+                h, w = img.shape[:2]
+                ax.imshow(np.asarray(heat), cmap=heat_cmap, alpha=alpha, interpolation="nearest",
+                          extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+        ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=fontsize)
+    for ax, title in zip(axes[0], titles or []):
+        ax.set_title(title, fontsize=fontsize, fontweight="normal")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_panels(points: dict, labels, class_names: Sequence[str], *,
+                     titles: Sequence[str] | None = None, suptitle: str | None = None,
+                     size: float = 4.2):
+    """Scatter plots of 2-D embeddings side by side (``{name: (N, 2) array}``, e.g. t-SNE of
+    features), each point coloured by its class (``labels``: ``N`` class indices into
+    ``class_names``), titled ``titles`` (default: the names), one legend right of the last
+    panel; returns the figure."""
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(1, len(points), figsize=(size * len(points), size - 0.1),
+                             squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, title, e in zip(axes[0], titles or list(points), points.values()):
+        e = np.asarray(e)
+        for c, name in enumerate(class_names):
+            sel = labels == c
+            ax.scatter(e[sel, 0], e[sel, 1], s=6, color=colours(c % 10), label=str(name))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, -1].legend(loc="center left", bbox_to_anchor=(1, 0.5), frameon=False, markerscale=2,
+                       fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def msvp_maps_figure(models: dict):
+    """Chapter 04's learned MSVP maps: one row per ``{label: (model, image_size)}`` (a
+    :class:`~vplib.model.PromptedClassifier` with a
+    :class:`~vplib.prompts.msvp.MultiScalePrompt` input prompt), one panel per scale's map
+    upsampled to the image size and a last one for their mean (what the add fusion adds),
+    each drawn with :func:`signed_image` (mid-grey is zero, its own scale) and titled with
+    its largest magnitude. Returns the figure."""
+    rows = {label: model.input_prompt.prompt_maps(size) for label, (model, size) in models.items()}
+    ncols = 1 + max(len(maps) for maps in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.25 * ncols, 2.8 * len(rows)),
+                             squeeze=False)
+    for axes_row, (label, maps) in zip(axes, rows.items()):
+        maps = {**maps, "mean (added)": torch.stack(list(maps.values())).mean(0)}
+        for ax in axes_row:
+            ax.axis("off")
+        for ax, (name, m) in zip(axes_row, maps.items()):
+            ax.imshow(signed_image(m))
+            ax.set_title(f"{label}: {name}\n|max| = {m.abs().max():.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_and_cost(x, acc, params, *, xlabel: str, title: str | None = None,
+                      figsize=(6, 3.4)):
+    """A sweep of one setting ``x`` (e.g. a prompt's size): test accuracy (``acc``, fractions,
+    drawn in percent with circles on the left axis) and trainable parameters (``params``,
+    drawn in thousands with dashed squares on the right axis), one legend below. Returns the
+    figure."""
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.plot(x, 100 * np.asarray(acc, dtype=float), marker="o", label="test accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax2 = ax.twinx()
+    ax2.plot(x, np.asarray(params, dtype=float) / 1e3, marker="s", ls="--", color="#8c8c8c",
+             label="trainable parameters")
+    ax2.set_ylabel("trainable parameters (thousands)")
+    ax2.grid(False)
+    if title:
+        ax.set_title(title)
+    fig.legend(loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def cost_curves(costs, labels: dict, *, title: str | None = None):
     """Chapter 06's cost of one training step against the depth of the prompted layer: the
     activations kept for the backward pass (left) and the time per step (right) of an
@@ -484,159 +708,32 @@ def layer_sweep(sweep, baselines: dict, *, panels: dict, labels: dict,
     return fig
 
 
-def vpt_sequence_figure(depth: int, n_patches: int):
-    """Chapter 03's diagram: the inputs of blocks 1 and 2 under VPT-shallow (left) and
-    VPT-deep (right), three tokens drawn for the ``L`` prompts, for a ViT of ``depth`` blocks
-    and ``n_patches`` patch tokens. Learnable prompts are orange; the frozen blocks' outputs at
-    the prompt positions hatched (shallow: carried on) or crossed out (deep: replaced).
+def line_panels(panels: dict, *, xlabel: str = "epoch", ylabel: str | None = None,
+                hlines: dict | None = None, vline: float | None = None, marker: str = "o",
+                size: tuple[float, float] = (4.0, 3.2), suptitle: str | None = None):
+    """Line plots side by side, one panel per ``{title: {label: values}}`` entry, each series
+    drawn with ``marker`` and labelled: ``values`` is a sequence (drawn against 1, 2, ...,
+    e.g. a validation curve per epoch) or a pair ``(x, y)``. ``hlines``: ``{title: {label:
+    y}}``, dashed grey reference lines on that panel (e.g. a baseline's accuracy); ``vline``:
+    the x of a dashed grey line on every panel (e.g. the chosen epoch). ``ylabel`` goes on the
+    first panel, the legend (series and reference lines) too. ``size``: inches per panel.
     Returns the figure."""
-    from matplotlib.patches import FancyBboxPatch, Rectangle
-
-    w, gap, h = 0.78, 0.12, 0.6
-    colours = {"cls": "#bdbdbd", "prompt": "#e07b39", "carried": "#f6c9a8", "patch": "#a9c4e4"}
-    kinds = ["cls", "prompt", "prompt", "prompt", "patch", "patch", None, "patch"]
-    centres = [i * (w + gap) + w / 2 for i in range(len(kinds))]
-    right = centres[-1] + w / 2
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
-
-    for ax, deep in zip(axes, (False, True)):
-        def row(y, labels, prompt_kind, ax=ax):
-            for x, kind, text in zip(centres, kinds, labels):
-                kind = prompt_kind if kind == "prompt" else kind
-                if kind is not None:
-                    ax.add_patch(Rectangle((x - w / 2, y), w, h, facecolor=colours[kind],
-                                           edgecolor="#333", lw=0.8,
-                                           hatch="///" if kind == "carried" else None))
-                box = (dict(facecolor="white", edgecolor="none", pad=1)
-                       if kind == "carried" else None)
-                ax.text(x, y + h / 2, text, ha="center", va="center", fontsize=10, bbox=box)
-
-        def block(y, label, ax=ax):
-            ax.add_patch(FancyBboxPatch((0, y), right, 0.42, boxstyle="round,pad=0.02",
-                                        facecolor="#f0f0f0", edgecolor="#777", lw=0.8))
-            ax.text(right / 2, y + 0.21, label, ha="center", va="center", fontsize=9)
-
-        def arrows(y_top, y_bottom, crossed=(), ax=ax):
-            for i, (x, kind) in enumerate(zip(centres, kinds)):
-                if kind is None:
-                    continue
-                if i in crossed:
-                    ax.text(x, (y_top + y_bottom) / 2, "✕", color="#a23b1f", ha="center",
-                            va="center", fontsize=11, fontweight="bold")
-                else:
-                    ax.annotate("", xy=(x, y_bottom), xytext=(x, y_top),
-                                arrowprops=dict(arrowstyle="->", color="#777", lw=0.8))
-
-        first = [r"$P_0$"] * 3 if deep else [r"$P$"] * 3
-        row(3.2, [r"$x_0$", *first, r"$E_0$", r"$E_0$", r"$\cdots$", r"$E_0$"], "prompt")
-        arrows(3.2, 2.82)
-        block(2.4, "block 1 (frozen)")
-        arrows(2.38, 1.82, crossed=(1, 2, 3) if deep else ())
-        second = [r"$P_1$"] * 3 if deep else [r"$Z_1$"] * 3
-        row(1.2, [r"$x_1$", *second, r"$E_1$", r"$E_1$", r"$\cdots$", r"$E_1$"],
-            "prompt" if deep else "carried")
-        arrows(1.2, 0.82)
-        block(0.4, f"block 2 (frozen), and so on to block {depth}")
-        note = ("block 1's outputs at the prompt\npositions are discarded (✕);\n"
-                "fresh learnable $P_1$ enter" if deep else
-                "block 1's outputs at the prompt\npositions ($Z_1$) are carried on;\n"
-                "nothing new is learned here")
-        ax.text(right + 0.3, 1.5, note, fontsize=8.5, va="center",
-                color="#a23b1f" if deep else "#7a4a1f")
-        for y, label in [(3.5, "input to\nblock 1"), (1.5, "input to\nblock 2")]:
-            ax.text(-0.3, y, label, ha="right", va="center", fontsize=9)
-        patches = f"{n_patches} patch tokens (+ position)"
-        for x, label in [(centres[0], "class"), (centres[2], "L prompt tokens"),
-                         ((centres[4] + centres[-1]) / 2, patches)]:
-            ax.text(x, 3.95, label, ha="center", fontsize=8.5)
-        ax.set_xlim(-1.5, right + 3.0)
-        ax.set_ylim(0.3, 4.25)
-        ax.set_axis_off()
-        ax.set_title(f"VPT-{'deep' if deep else 'shallow'}: "
-                     f"{'$MLd$' if deep else '$Ld$'} prompt parameters", fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-def length_sweep_figure(runs, *, dataset: str = "mnist"):
-    """Chapter 03's grid in two panels: test accuracy against prompt length on ``dataset``
-    (VPT-shallow and VPT-deep with one-standard-error bars, the linear probe and VP as
-    horizontal lines; below each length, the trainable parameters of shallow · deep), and
-    accuracy against trainable parameters for every run of every dataset.
-
-    ``runs``: a :func:`vplib.tables.records_frame` of the grid with ``length`` (the VPT
-    prompt length, NaN for other methods), ``se`` (binomial standard error of ``test_acc``)
-    and ``setting`` (the label of a line). Returns the figure."""
-    from matplotlib.ticker import NullFormatter
-
-    sweep = runs[runs.method.str.startswith("vpt") & (runs.dataset == dataset)]
-    sweep = sweep.sort_values("length")
-    reference = runs[(runs.dataset == dataset) & runs.method.isin(["linear", "vp-pad"])]
-    params = sweep.pivot(index="length", columns="method", values="trainable_params")
-    styles = {"vpt-shallow": ("#3b6ea8", "o"), "vpt-deep": ("#e07b39", "s")}
-    colours = {"linear": "#8c8c8c", "vp-pad": "#4f9d69", **{m: c for m, (c, _) in styles.items()}}
-    fig, (ax, ax_params) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for method, (colour, marker) in styles.items():
-        part = sweep[sweep.method == method]
-        ax.errorbar(part.length, 100 * part.test_acc, yerr=100 * part.se, color=colour,
-                    marker=marker, capsize=3, label=method)
-    for (_, row), ls in zip(reference.iterrows(), ["--", "-."]):
-        ax.axhline(100 * row.test_acc, color=colours[row.method], ls=ls, lw=1, label=row.setting)
-    ax.set_xscale("log")
-    ax.set_xticks(params.index, [f"{int(n)}\n{params.loc[n, 'vpt-shallow'] / 1000:.1f}k · "
-                                 f"{params.loc[n, 'vpt-deep'] / 1000:.1f}k" for n in params.index],
-                  fontsize=9)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("prompt length L (below it: trainable parameters, shallow · deep)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(frameon=False, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
-    ax.set_title(f"{'MNIST-5k' if dataset == 'mnist' else dataset}: prompt length sweep")
-
-    names = [dataset] + [d for d in runs.dataset.unique() if d != dataset]
-    for name, marker in zip(names, ["o", "^", "s", "D"]):
-        part = runs[runs.dataset == name]
-        ax_params.scatter(part.trainable_params, 100 * part.test_acc, marker=marker, s=45,
-                          color=part.method.map(colours), zorder=3)
-        for _, row in part[part.length.notna()].iterrows():
-            ax_params.annotate(f"L={int(row.length)}", (row.trainable_params, 100 * row.test_acc),
-                               xytext=(5, 3), textcoords="offset points", fontsize=7, color="#555")
-        ax_params.scatter([], [], color="k", marker=marker, label=name)
-    for method, name in [("linear", "linear probe"), ("vp-pad", "VP (pad)"),
-                         ("vpt-shallow", "VPT-shallow"), ("vpt-deep", "VPT-deep")]:
-        ax_params.scatter([], [], color=colours[method], marker="s", label=name)
-    ax_params.set_xscale("log")
-    ticks = [t for t in (1000, 2000, 5000, 10000, 20000, 50000)
-             if runs.trainable_params.min() / 1.5 <= t <= runs.trainable_params.max() * 1.5]
-    ax_params.set_xticks(ticks, [f"{t // 1000}k" for t in ticks])
-    ax_params.xaxis.set_minor_formatter(NullFormatter())
-    ax_params.set_xlabel("trainable parameters (log scale)")
-    ax_params.set_ylabel("test accuracy (%)")
-    ax_params.legend(frameon=False, fontsize=8, ncol=3, loc="upper center",
-                     bbox_to_anchor=(0.5, -0.2))
-    ax_params.set_title("Accuracy against trainable parameters")
-    fig.suptitle(f"Committed grid: standard profile, {runs.epochs.iloc[0]} epochs, one seed "
-                 "(error bars: one binomial standard error)")
-    fig.tight_layout()
-    return fig
-
-
-def msvp_maps_figure(models: dict):
-    """Chapter 04's learned MSVP maps: one row per ``{label: (model, image_size)}`` (a
-    :class:`~vplib.model.PromptedClassifier` with a
-    :class:`~vplib.prompts.msvp.MultiScalePrompt` input prompt), one panel per scale's map
-    upsampled to the image size and a last one for their mean (what the add fusion adds),
-    each drawn with :func:`signed_image` (mid-grey is zero, its own scale) and titled with
-    its largest magnitude. Returns the figure."""
-    rows = {label: model.input_prompt.prompt_maps(size) for label, (model, size) in models.items()}
-    ncols = 1 + max(len(maps) for maps in rows.values())
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.25 * ncols, 2.8 * len(rows)),
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]),
                              squeeze=False)
-    for axes_row, (label, maps) in zip(axes, rows.items()):
-        maps = {**maps, "mean (added)": torch.stack(list(maps.values())).mean(0)}
-        for ax in axes_row:
-            ax.axis("off")
-        for ax, (name, m) in zip(axes_row, maps.items()):
-            ax.imshow(signed_image(m))
-            ax.set_title(f"{label}: {name}\n|max| = {m.abs().max():.3f}", fontsize=9)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for label, values in series.items():
+            x, y = values if isinstance(values, tuple) else (range(1, len(values) + 1), values)
+            ax.plot(list(x), list(y), marker=marker, label=label)
+        for label, y in (hlines or {}).get(title, {}).items():
+            ax.axhline(y, color="gray", ls="--", lw=1, label=label)
+        if vline is not None:
+            ax.axvline(vline, color="gray", ls="--", lw=1)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        axes[0, 0].set_ylabel(ylabel)
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
