@@ -83,6 +83,56 @@ def test_rgb_and_resize_are_explicit():
     assert torch.equal(big.train.images[:, 0], big.train.images[:, 2])
 
 
+def _resized_up_front(images, size):
+    """The earlier pipeline, kept as the reference: every image made RGB and resized once, at
+    load time."""
+    x = images.expand(-1, 3, -1, -1).float()
+    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def test_splits_store_native_images_and_resize_them_exactly_as_before():
+    d = load_dataset("mnist", size=64, rgb=True, max_train=300, max_eval=100)
+    assert d.train.raw.shape[1:] == (1, 28, 28) and d.image_shape == (3, 64, 64)
+    assert d.train.raw.untyped_storage().nbytes() == 300 * 28 * 28  # 15x less than 3x64x64
+    expected = _resized_up_front(d.train.raw, 64)
+    assert torch.equal(d.train.images, expected)  # the whole split, chunked into one output
+    assert torch.equal(d.train.view(d.train.raw[7:70]), expected[7:70])  # one batch
+    image, label = d.train[5]
+    assert torch.equal(image, expected[5]) and label == d.train.labels[5]
+    assert d.train.select([3, 1]).shape == (3, 64, 64)
+
+
+def test_training_on_native_images_matches_training_on_resized_ones():
+    """fit resizes each batch where it trains: the same images, so the same run, bit for bit."""
+    import vplib
+    from vplib.data import Split
+    from vplib.train import fit
+
+    d = load_dataset("mnist", size=32, rgb=True, max_train=256, max_eval=64)
+    histories = []
+    for train, val in [(d.train, d.val), (Split(d.train.images, d.train.labels),
+                                          Split(d.val.images, d.val.labels))]:
+        torch.manual_seed(0)
+        model = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4, head="ilm")
+        hist = fit(model, train, val, epochs=2, lr=1e-2, batch_size=64, device="cpu", verbose=False)
+        histories.append([{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+                          for r in hist.epochs])
+    assert histories[0] == histories[1]
+
+
+def test_train_and_val_must_be_seen_alike():
+    import vplib
+    from vplib.data import Split
+    from vplib.train import fit
+
+    d = load_dataset("mnist", size=32, rgb=True, max_train=64, max_eval=32)
+    model = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    with pytest.raises(ValueError, match="train and val are seen differently"):
+        fit(model, d.train, Split(d.val.raw, d.val.labels, 40, True), epochs=1, verbose=False)
+
+
 def test_caps_are_stratified():
     d = load_dataset("animal_silhouettes", max_train=200, max_eval=50)
     assert len(d.train) == 200 and len(d.val) == 50 and len(d.test) == 50

@@ -53,20 +53,28 @@ def test_benchmarks_are_saved_with_their_device(tmp_path):
     assert record["environment"]["device"]
 
 
-def test_committed_results_read_locally_or_fail_with_what_to_do(tmp_path, monkeypatch):
-    import urllib.request
-
+def test_committed_results_come_from_the_course_and_say_what_exists(tmp_path, monkeypatch):
     from vplib import report
 
+    assert report.IN_CHECKOUT  # the tests run from a checkout: book/results is the source
     assert report.committed_results("01_linear_probing.json")["chapter"] == "01_linear_probing"
-    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)  # a pip install: no book/results
-
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(FileNotFoundError, match="Clone the repository"):
+    with pytest.raises(FileNotFoundError, match="01_linear_probing.json"):  # a typo: the list
+        report.committed_results("01_linear_probing")
+    monkeypatch.setattr(report, "COMMITTED_DIR", tmp_path / "none")  # installed without them
+    with pytest.raises(FileNotFoundError, match="Reinstall vplib"):
         report.committed_results("01_linear_probing.json")
+
+
+def test_own_results_go_to_the_readers_folder_outside_a_checkout(tmp_path, monkeypatch):
+    from vplib import report
+
+    monkeypatch.delenv("VPLIB_RESULTS_DIR", raising=False)
+    assert report._own_results_dir() == report.COMMITTED_DIR  # a checkout: make execute's folder
+    monkeypatch.setattr(report, "IN_CHECKOUT", False)
+    monkeypatch.chdir(tmp_path)
+    assert report._own_results_dir() == tmp_path / "vplib-results"  # never site-packages
+    monkeypatch.setenv("VPLIB_RESULTS_DIR", str(tmp_path / "mine"))
+    assert report._own_results_dir() == tmp_path / "mine"
 
 
 def test_beats_chance_uses_three_binomial_standard_errors():
@@ -96,6 +104,6 @@ def test_setup_returns_the_profile_and_finish_writes_the_chapter_record(tmp_path
     monkeypatch.setenv("VPLIB_PROFILE", "quick")
     assert report.finish("xx_chapter", {"acc": 0.5}) is None
     line = capsys.readouterr().out
-    assert line.startswith("wrote book/results/xx_chapter.quick.json · ") and str(tmp_path) not in line
+    assert line.startswith(f"wrote {tmp_path.name}/xx_chapter.quick.json · ") and str(tmp_path) not in line
     record = json.loads((tmp_path / "xx_chapter.quick.json").read_text())
     assert record["results"] == {"acc": 0.5} and record["runtime_s"] >= 0

@@ -170,6 +170,93 @@ def test_compile_falls_back_to_eager_with_a_warning(digits, monkeypatch):
     assert _strip_times(hist) == _strip_times(reference)
 
 
+def test_compile_fallback_also_covers_the_first_backward(digits, monkeypatch):
+    """A compiled forward that works but whose backward fails (as inductor's backward graph,
+    compiled at its first call, can): training goes on in eager mode, exactly as without
+    compiling, batch-norm statistics and gradients untouched by the trial."""
+    kwargs = {"epochs": 1, "lr": 3e-3, "device": "cpu", "verbose": False}
+    reference = fit(_no_dropout_net(), digits.train, digits.val, **kwargs)
+
+    class BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward graph failed to compile")
+
+    def compile_with_a_broken_backward(fn, backend):
+        return lambda x: BrokenBackward.apply(fn(x))
+
+    monkeypatch.setattr(torch, "compile", compile_with_a_broken_backward)
+    with pytest.warns(UserWarning, match="torch.compile failed.*backward graph"):
+        hist = fit(_no_dropout_net(), digits.train, digits.val, compile=True, **kwargs)
+    assert _strip_times(hist) == _strip_times(reference)
+
+
+def test_precision_follows_the_device_capability(monkeypatch):
+    from vplib.train import precision_for
+
+    assert precision_for(torch.device("cpu")) == "fp32"
+    assert precision_for(torch.device("cpu"), "bf16") == "bf16"
+    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
+        precision_for(torch.device("cpu"), "fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision_for(torch.device("cpu"), "half")
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4
+    assert precision_for(gpu) == "fp16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100
+    assert precision_for(gpu) == "bf16" and precision_for(gpu, "fp32") == "fp32"
+
+
+def test_the_precision_used_is_recorded(digits):
+    kwargs = {"epochs": 1, "lr": 3e-3, "device": "cpu", "verbose": False, "augment": "none"}
+    assert fit(_no_dropout_net(), digits.train, digits.val, **kwargs).config["precision"] == "fp32"
+    hist = fit(_no_dropout_net(), digits.train, digits.val, precision="bf16", **kwargs)
+    assert hist.config["precision"] == "bf16" and hist.best["val_acc"] > 0.5
+
+
+def test_predict_runs_where_the_model_is_and_never_moves_it(digits, monkeypatch):
+    model = _no_dropout_net()
+    expected = model(digits.val.images[:8].float() / 255)
+    monkeypatch.setattr(vplib.train, "default_device", lambda: torch.device("meta"))
+    logits = vplib.train.predict(model, digits.val.images[:8])  # was: moved to default_device()
+    assert next(model.parameters()).device.type == "cpu" and logits.device.type == "cpu"
+    torch.testing.assert_close(logits, expected)
+    with pytest.raises(ValueError, match="the model is on cpu, not cuda.*model.to"):
+        evaluate(model, digits.val, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_label_mapping_with_the_data_in_host_memory(monkeypatch):
+    """FLM / ILM compute the source predictions where the model is, also when fit keeps the
+    training images in host memory (a dataset too big for the GPU)."""
+    data = load_dataset("mnist", size=32, rgb=True, max_train=256, max_eval=128)
+    monkeypatch.setattr("vplib.train._fits_on", lambda *a, **k: False)
+    for head in ("flm", "ilm"):
+        model = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4, head=head)
+        hist = fit(model, data.train, data.val, epochs=2, lr=1e-2, device="cuda", verbose=False)
+        assert hist.config["data_on_device"] is False
+        assert len(set(model.label_mapping.mapping.tolist())) == 10
+        assert evaluate(model, data.test)["n"] == len(data.test)  # on the GPU, CPU images
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_with_a_gradient_scaler_learns(monkeypatch):
+    """The path of a GPU without native bf16 (a T4), forced on this GPU."""
+    data = load_dataset("mnist", size=32, rgb=True, max_train=512, max_eval=256)
+    model = vplib.build("vp-pad", "mobilenet_v2", 10, image_size=32, prompt_size=4)
+    hist = fit(model, data.train, data.val, epochs=2, lr=1e-2, device="cuda",
+               precision="fp16", verbose=False)
+    assert hist.config["precision"] == "fp16" and hist.best["val_acc"] > 0.3
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert vplib.train.precision_for(torch.device("cuda")) == "fp16"
+
+
 def test_compiled_training_matches_eager(digits):
     """Dynamo traces the model (the ``eager`` backend: no code generation, so no compiler is
     needed); the result must agree with plain eager training."""

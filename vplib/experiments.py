@@ -51,7 +51,7 @@ from .report import RESULTS_DIR, environment
 from .train import _atomic_write_json, evaluate, fit
 
 FIT_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "augment", "warmup_epochs",
-            "label_smoothing", "compile")
+            "label_smoothing", "compile", "precision")
 
 DATA_KEYS = ("image_size", "max_train")
 
@@ -145,14 +145,14 @@ def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
                   checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
                   verbose=verbose, **fit_kw)
     train_seconds = time.perf_counter() - t0
-    test = evaluate(model, data.test, device=device)
+    test = evaluate(model, data.test)  # where fit left it (under torchrun: the local GPU)
     counts = model.param_counts()
     epochs = history.epochs
     peaks = [r["peak_mem_mb"] for r in epochs if r["peak_mem_mb"] is not None]
     run = Run(method, backbone, dataset or data.name, seed, dict(options or {}))
     record = {
         **asdict(run), "key": run.key, "fit": dict(fit_kw),
-        "image_size": int(data.train.images.shape[-1]),
+        "image_size": int(data.image_shape[-1]),
         "test_acc": test["acc"], "val_acc": history.best["val_acc"],
         "best_epoch": history.best_epoch, "n_train": len(data.train), "n_test": len(data.test),
         "trainable_params": counts["trainable"], "backbone_params": counts["backbone"],
@@ -162,6 +162,7 @@ def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
         "train_seconds": train_seconds,
         "peak_mem_mb": max(peaks) if peaks else None,
         "cached_features": history.config.get("cached_features", False),
+        "precision": history.config["precision"],
         "history": history.epochs,
         "environment": environment() | {"profile": profile.name},
         "git_commit": _git_commit(),
@@ -202,7 +203,7 @@ def live_run(method: str, backbone, data, *, seed: int = 0, profile: Profile | N
     if model is None:
         torch.manual_seed(seed)
         model = build(method, backbone, data.num_classes,
-                      image_size=int(data.train.images.shape[-1]), **build_kw)
+                      image_size=int(data.image_shape[-1]), **build_kw)
     elif build_kw:
         raise ValueError(f"options {sorted(build_kw)} build a model; with model=... pass only "
                          f"fit settings ({', '.join(FIT_KEYS)})")

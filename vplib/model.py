@@ -22,13 +22,14 @@ import torch.nn as nn
 
 from . import backbones as _backbones
 from .backbones import Backbone
+from .data import Split
 from .prompts import input as vp
 from .prompts import insvp
 from .prompts.activation import ActivationPrompt, layer_names
 from .prompts.label_map import LabelMapping
 from .prompts.msvp import MultiScalePrompt
 from .prompts.tokens import PromptTokens, prompted_vit_features
-from .train import EVAL_BATCH, _batched
+from .train import EVAL_BATCH, _batched, module_device
 
 HEADS = ("linear", "flm", "ilm")
 
@@ -111,16 +112,18 @@ class PromptedClassifier(nn.Module):
         return self.head(feats)
 
     @torch.no_grad()
-    def on_epoch_start(self, epoch: int, images: torch.Tensor, labels: torch.Tensor,
+    def on_epoch_start(self, epoch: int, images: torch.Tensor | Split, labels: torch.Tensor,
                        batch_size: int = EVAL_BATCH) -> None:
         """Called by ``fit`` before each epoch: (re)computes a label mapping when it is due
-        (FLM once, ILM every epoch) from the source predictions on the training images."""
+        (FLM once, ILM every epoch) from the source predictions on the training images (uint8,
+        or a :class:`~vplib.data.Split`), computed where the model is."""
         if self.label_mapping is None or not self.label_mapping.needs_update():
             return
         was_training = self.training
         self.eval()
         source_logits = _batched(lambda x: self.backbone.source_head(self.features(x)), images,
-                                 batch_size, images.device, convert=images.dtype == torch.uint8)
+                                 batch_size, module_device(self),
+                                 convert=isinstance(images, Split) or images.dtype == torch.uint8)
         self.label_mapping.update(source_logits.argmax(1), labels)
         self.train(was_training)
 

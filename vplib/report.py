@@ -1,9 +1,11 @@
 """Recording runs: the environment a notebook ran in, its results JSON, and the status page.
 
-Every chapter ends with :func:`save_results`, which writes ``book/results/<chapter>.json``
-(standard profile) or ``book/results/<chapter>.<profile>.json`` (other profiles) with the
-chapter's numbers, its runtime and :func:`environment`. ``python -m vplib.report`` turns the
-standard-profile files into ``book/status.md``, the book's execution table.
+Every chapter ends with :func:`save_results`, which writes ``<chapter>.json`` (standard
+profile) or ``<chapter>.<profile>.json`` (other profiles) with the chapter's numbers, its
+runtime and :func:`environment` into :data:`RESULTS_DIR` (``book/results`` in a checkout,
+``./vplib-results`` otherwise, or ``$VPLIB_RESULTS_DIR``). Chapters read the course's committed
+numbers with :func:`committed_results`. ``python -m vplib.report`` turns the standard-profile
+files into ``book/status.md``, the book's execution table.
 """
 
 from __future__ import annotations
@@ -19,10 +21,23 @@ from pathlib import Path
 from .checks import beats_chance  # noqa: F401  (re-exported: vplib.report.beats_chance)
 from .profiles import get_profile
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "book" / "results"
-# Where committed results live when vplib is installed without the repository (e.g. in Colab).
-RESULTS_URL = ("https://raw.githubusercontent.com/visual-prompting-hands-on/"
-               "visual-prompting-hands-on/main/book/results/")
+_ROOT = Path(__file__).resolve().parents[1]
+# Run from a checkout of the course, the committed results are book/results; an installed
+# vplib (pip, Colab) carries a copy of them as package data, vplib/results.
+IN_CHECKOUT = (_ROOT / "pyproject.toml").is_file() and (_ROOT / "book" / "results").is_dir()
+COMMITTED_DIR = _ROOT / "book" / "results" if IN_CHECKOUT else Path(__file__).resolve().parent / "results"
+
+
+def _own_results_dir() -> Path:
+    """Where this process writes its results: ``$VPLIB_RESULTS_DIR`` if set; else, in a
+    checkout, ``book/results`` (``make execute`` regenerates the committed files there);
+    else ``./vplib-results`` in the working directory, never inside the installed package."""
+    if os.environ.get("VPLIB_RESULTS_DIR"):
+        return Path(os.environ["VPLIB_RESULTS_DIR"])
+    return COMMITTED_DIR if IN_CHECKOUT else Path.cwd() / "vplib-results"
+
+
+RESULTS_DIR = _own_results_dir()
 
 
 def _cpu_model() -> str:
@@ -62,26 +77,25 @@ def environment() -> dict:
 
 def committed_results(name: str) -> dict:
     """A results JSON committed with the course, ``book/results/<name>``: read from the
-    repository checkout, or downloaded from the course repository when vplib was installed
-    with pip (e.g. in Colab, which has internet).
+    checkout, or from the copy an installed vplib carries. A reader's own runs (written to
+    :data:`RESULTS_DIR`) are never read here, so they cannot pass for the committed numbers
+    outside a checkout.
 
     Raises:
-        FileNotFoundError: neither available, with what to do.
+        FileNotFoundError: no such file, with the names that exist.
     """
-    import urllib.request
-
-    path = RESULTS_DIR / name
-    if path.exists():
+    path = COMMITTED_DIR / name
+    if path.is_file():
         return json.loads(path.read_text())
-    try:
-        with urllib.request.urlopen(RESULTS_URL + name, timeout=30) as response:
-            return json.loads(response.read())
-    except Exception as err:
+    known = sorted(p.name for p in COMMITTED_DIR.glob("*.json")) if COMMITTED_DIR.is_dir() else []
+    if not known:
         raise FileNotFoundError(
-            f"{name} is not in {RESULTS_DIR} (vplib is installed without the course "
-            f"repository) and could not be downloaded from {RESULTS_URL} "
-            f"({type(err).__name__}: {err}). Clone the repository and run from it, or connect "
-            "to the internet.") from err
+            f"vplib has no committed results at {COMMITTED_DIR}: this installation was built "
+            "without them. Reinstall vplib from the course repository (pip install "
+            "'vplib @ git+<repository URL>'), which ships book/results as package data, or run "
+            "from a clone of the repository.")
+    raise FileNotFoundError(f"no committed result named {name!r}; the course commits: "
+                            f"{', '.join(known)}")
 
 
 _STARTED: list[float] = []  # when vplib.setup() last ran (time.perf_counter())
@@ -122,8 +136,16 @@ def finish(chapter: str, results: dict) -> None:
     a local path), the runtime since ``vplib.setup()``, the device and the profile."""
     path = save_results(chapter, results)
     record = json.loads(path.read_text())
-    print(f"wrote book/results/{path.name} · {record['runtime_s']:.0f} s · "
+    print(f"wrote {_shown(path)} · {record['runtime_s']:.0f} s · "
           f"{record['environment']['device']} · profile {record['environment']['profile']}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout or the working directory; else its last two parts."""
+    for base in ([_ROOT] if IN_CHECKOUT else []) + [Path.cwd()]:
+        if path.resolve().is_relative_to(base.resolve()):
+            return path.resolve().relative_to(base.resolve()).as_posix()
+    return f"{path.parent.name}/{path.name}"
 
 
 def save_benchmark(name: str, rows: list[dict],
@@ -141,7 +163,7 @@ def save_benchmark(name: str, rows: list[dict],
 
 def status_table(results_dir: str | os.PathLike | None = None) -> str:
     """A Markdown table of every standard-profile chapter run found in ``results_dir``."""
-    folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    folder = Path(results_dir) if results_dir is not None else COMMITTED_DIR
     rows = ["| chapter | date | runtime | device | torch | timm |",
             "|---|---|---|---|---|---|"]
     for path in sorted(folder.glob("*.json")):
@@ -167,5 +189,7 @@ def write_status_page(path: str | os.PathLike, results_dir=None) -> None:
 
 
 if __name__ == "__main__":
-    write_status_page(RESULTS_DIR.parent / "status.md")
-    print(f"updated {RESULTS_DIR.parent / 'status.md'}")
+    if not IN_CHECKOUT:
+        raise SystemExit("python -m vplib.report regenerates book/status.md: run it in a checkout")
+    write_status_page(COMMITTED_DIR.parent / "status.md")
+    print(f"updated {COMMITTED_DIR.parent / 'status.md'}")

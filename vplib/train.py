@@ -9,10 +9,11 @@ What ``fit`` does, and why:
   pinned memory and copied without blocking.
 * **Frozen parts are not recomputed.** When everything below the head is frozen (linear
   probing), the features of train and val are computed once and the head trains on them.
-* **bf16 autocast on CUDA**, channels-last memory for CNNs, fused AdamW; fp32 on CPU. Frozen
-  parameters have ``requires_grad=False``, so autograd computes no gradient for them (and
-  stops at the first trainable tensor). ``compile=True`` adds ``torch.compile``, with a
-  fallback to eager mode if it fails.
+* **Mixed precision by capability**: bf16 autocast on GPUs with native bf16 (A100, H100),
+  fp16 with a gradient scaler on older ones (T4), fp32 on CPU; channels-last memory for CNNs,
+  fused AdamW. Frozen parameters have ``requires_grad=False``, so autograd computes no
+  gradient for them (and stops at the first trainable tensor). ``compile=True`` adds
+  ``torch.compile``, with a fallback to eager mode if its first forward or backward fails.
 * **Many GPUs with torchrun**: launched by ``torchrun --nproc_per_node=N``, the same ``fit``
   runs DistributedDataParallel (NCCL on GPUs, gloo on CPU), sharding each global batch.
 * **AdamW + linear warmup + cosine decay**, stepped every batch; optional label smoothing.
@@ -30,6 +31,7 @@ Progress bars use ``tqdm.auto``; set ``TQDM_DISABLE=1`` to silence them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -45,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm  # first imported, without its Jupyter warning, by vplib/__init__
 
-from .data import Split
+from .data import Split, convert
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
@@ -117,8 +119,34 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, *,
     return out.permute(0, 3, 1, 2).contiguous()  # NCHW: CPU convolutions are slow on the permuted strides
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_for(device: torch.device, asked: str = "auto") -> str:
+    """The arithmetic a run on ``device`` uses: ``"auto"`` is bf16 autocast on GPUs that do it
+    natively (compute capability 8.0 and above: A100, H100, ...), fp16 autocast with a gradient
+    scaler on older GPUs (a T4 has no bf16 tensor cores, and cuDNN has no bf16 convolutions
+    there) and fp32 on the CPU. An explicit ``asked`` is honoured, except fp16 on the CPU.
+
+    Raises:
+        ValueError: ``asked`` is not one of :data:`PRECISIONS`, or is fp16 on the CPU.
+    """
+    if asked not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {asked!r}")
+    if asked == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; on the CPU use 'fp32' or 'bf16'")
+    if asked != "auto":
+        return asked
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
+
+
+def _autocast(device: torch.device, precision: str | None = None):
+    """Autocast for ``precision`` (default: :func:`precision_for` the device)."""
+    dtype = _AUTOCAST_DTYPES.get(precision or precision_for(device))
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -162,14 +190,19 @@ def _cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], 
 
 
 @torch.no_grad()
-def _batched(fn: Callable, inputs: torch.Tensor, batch_size: int, device: torch.device,
-             convert: bool) -> torch.Tensor:
+def _batched(fn: Callable, inputs: torch.Tensor | Split, batch_size: int, device: torch.device,
+             convert: bool, precision: str | None = None) -> torch.Tensor:
+    """``fn`` over ``inputs`` in chunks on ``device``; a :class:`Split`'s native images are
+    resized there, chunk by chunk (``convert``: uint8 to float in [0, 1])."""
+    view = inputs.view if isinstance(inputs, Split) else None
     outs = []
-    for chunk in inputs.split(batch_size):
+    for chunk in (inputs.raw if view else inputs).split(batch_size):
         chunk = chunk.to(device, non_blocking=True)
+        if view:
+            chunk = view(chunk)
         if convert:
             chunk = chunk.float().div_(255)
-        with _autocast(device):
+        with _autocast(device, precision):
             outs.append(fn(chunk).float())
     return torch.cat(outs)
 
@@ -222,6 +255,7 @@ def _compile(fn: Callable, backend: str) -> Callable:
             return state["fn"](x)
         state["tried"] = True
         try:
+            _first_forward_and_backward(compiled, fn, x)
             return compiled(x)
         except Exception as err:
             warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
@@ -232,6 +266,26 @@ def _compile(fn: Callable, backend: str) -> Callable:
     return call
 
 
+def _first_forward_and_backward(compiled: Callable, module: Callable, x: torch.Tensor) -> None:
+    """Run ``compiled`` forward and backward once on ``x`` without training: the backward
+    graph is compiled at its first call, so a failure there surfaces here, where eager mode can
+    still take over. Gradients go nowhere (``autograd.grad``), buffers (batch-norm statistics)
+    are put back. Skipped under DDP, whose gradient hooks expect a real backward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(module, nn.Module) or isinstance(module, DistributedDataParallel):
+        compiled(x)
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    out = compiled(x)
+    if params and out.requires_grad:
+        torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+    with torch.no_grad():
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+
+
 def _fits_on(device: torch.device, *tensors: torch.Tensor, share: float = 0.5) -> bool:
     """Whether ``tensors`` take at most ``share`` of the GPU's free memory (CPU: always)."""
     if device.type != "cuda":
@@ -240,23 +294,40 @@ def _fits_on(device: torch.device, *tensors: torch.Tensor, share: float = 0.5) -
     return sum(t.numel() * t.element_size() for t in tensors) <= share * free
 
 
+def module_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (or buffers); CPU for a module with neither."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = EVAL_BATCH,
+def predict(model: nn.Module, images: torch.Tensor | Split, *, batch_size: int = EVAL_BATCH,
             device: torch.device | str | None = None) -> torch.Tensor:
-    """Logits of ``model`` for uint8 ``images`` ``(N, C, H, W)``, in eval mode."""
-    device = torch.device(device) if device is not None else default_device()
+    """Logits of ``model`` for uint8 ``images`` ``(N, C, H, W)`` on any device, or for a
+    :class:`Split` (resized batch by batch), in eval mode, returned on the CPU. Runs where the
+    model is and never moves it (``fit`` leaves a model on the GPU; move it yourself with
+    ``model.to(...)``).
+
+    Raises:
+        ValueError: ``device`` is given and is not where the model is.
+    """
+    where, asked = module_device(model), torch.device(device) if device is not None else None
+    if asked is not None and not (asked.type == where.type and asked.index in (None, where.index)):
+        raise ValueError(f"the model is on {where}, not {device}: move it first with "
+                         f"model.to({str(device)!r}), or leave device=None to run where it is")
     was_training = model.training
-    model.to(device).eval()
+    model.eval()
     try:
-        return _batched(model, images, batch_size, device, convert=True).cpu()
+        return _batched(model, images, batch_size, where, convert=True).cpu()
     finally:
         model.train(was_training)
 
 
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH,
              device: torch.device | str | None = None) -> dict[str, float]:
-    """Cross-entropy ``loss`` and top-1 ``acc`` of ``model`` on ``split`` (eval mode)."""
-    logits = predict(model, split.images, batch_size=batch_size, device=device)
+    """Cross-entropy ``loss`` and top-1 ``acc`` of ``model`` on ``split`` (eval mode), where
+    the model is (see :func:`predict`)."""
+    logits = predict(model, split, batch_size=batch_size, device=device)
     return {**_scores(logits, split.labels), "n": len(split)}
 
 
@@ -268,7 +339,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         device: torch.device | str | None = None, cache_features: bool = True,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
         on_epoch_end: Callable[[int, dict, nn.Module], None] | None = None,
-        compile: bool | str = False, verbose: bool = True) -> History:
+        compile: bool | str = False, precision: str = "auto", verbose: bool = True) -> History:
     """Train the trainable parameters of ``model`` on ``train``, select on ``val``.
 
     Args:
@@ -285,7 +356,11 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         resume: continue from ``checkpoint_dir/last.pt`` if it exists (settings must match).
         on_epoch_end: called as ``fn(epoch, record, model)`` after each epoch.
         compile: ``torch.compile`` the training forward (``True``: inductor, or a backend
-            name); if compiling fails, training goes on without it after a warning.
+            name); if compiling its first forward or backward fails, training goes on
+            without it after a warning.
+        precision: ``"auto"`` (bf16 autocast on GPUs with native bf16, fp16 with a gradient
+            scaler on older GPUs, fp32 on the CPU; see :func:`precision_for`), or ``"bf16"``,
+            ``"fp16"``, ``"fp32"``. Recorded in ``history.config["precision"]``.
         verbose: print one line per epoch.
 
     Under ``torchrun --nproc_per_node=N`` the same call trains with DistributedDataParallel:
@@ -303,19 +378,21 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     device, ctx = _place(device, batch_size)
+    precision = precision_for(device, precision)
     config = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                  augment=augment, seed=seed, n_train=len(train), n_val=len(val))
+                  augment=augment, seed=seed, n_train=len(train), n_val=len(val),
+                  precision=precision)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-    data = _stage(model, train, val, device, cache_features)
+    data = _stage(model, train, val, device, cache_features, precision)
     config["cached_features"] = data.cached
     train_fn = _training_forward(model, data, device, ctx, compile)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = _Optimisation.create(params, lr, weight_decay, epochs * steps_per_epoch,
-                               int(round(warmup_epochs * steps_per_epoch)), seed, device)
+                               int(round(warmup_epochs * steps_per_epoch)), seed, device, precision)
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +412,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         loss_sum, correct, seconds = _train_epoch(model, train_fn, data, opt, device, ctx,
                                                   epoch, epochs, batch_size, augment,
                                                   label_smoothing)
-        val_scores = _validate(model, data, device)
+        val_scores = _validate(model, data, device, opt.precision)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(train), "train_acc": correct / len(train),
@@ -369,10 +446,10 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
 
 def _place(device, batch_size: int) -> tuple[torch.device, _Dist]:
     """The training device and this process's place in a torchrun job (which, on CUDA,
-    trains on the GPU of its local rank)."""
+    trains on the GPU of its local rank, whatever CUDA device was asked for)."""
     device = torch.device(device) if device is not None else default_device()
     ctx = distributed_context(device)
-    if ctx.world > 1 and device.type == "cuda" and device.index is None:
+    if ctx.world > 1 and device.type == "cuda":  # "cuda:0" too: one GPU per process
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if batch_size < ctx.world:
@@ -393,12 +470,18 @@ class _Staged:
     cached: bool  # x_* are features computed once, not uint8 images
     channels_last: bool
     cache_seconds: float | None = None
+    size: int | None = None  # how the model sees the native uint8 images (see Split)
+    rgb: bool = False
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        return convert(x, size=self.size, rgb=self.rgb)
 
 
 def _stage(model: nn.Module, train: Split, val: Split, device: torch.device,
-           cache_features: bool) -> _Staged:
-    """Features once (a frozen model under a linear head), or the uint8 images on the device
-    (or in host memory when they would take more than half the free GPU memory)."""
+           cache_features: bool, precision: str) -> _Staged:
+    """Features once (a frozen model under a linear head), or the native uint8 images on the
+    device (or in host memory when they would take more than half the free GPU memory),
+    resized batch by batch."""
     is_cnn = getattr(getattr(model, "backbone", None), "kind", None) == "cnn"
     channels_last = device.type == "cuda" and is_cnn
     if channels_last:
@@ -406,17 +489,20 @@ def _stage(model: nn.Module, train: Split, val: Split, device: torch.device,
     if cache_features and getattr(model, "frozen_features", False):
         t0 = time.perf_counter()
         model.eval()
-        x_train = _batched(model.features, train.images, EVAL_BATCH, device, convert=True)
-        x_val = _batched(model.features, val.images, EVAL_BATCH, device, convert=True)
+        x_train = _batched(model.features, train, EVAL_BATCH, device, True, precision)
+        x_val = _batched(model.features, val, EVAL_BATCH, device, True, precision)
         return _Staged(x_train, train.labels.to(device), x_val, val.labels.to(device),
                        model.head, True, channels_last,
                        round(time.perf_counter() - t0, 3))
-    if _fits_on(device, train.images, val.images):
-        x_train, x_val = train.images.to(device), val.images.to(device)
+    if (train.size, train.rgb) != (val.size, val.rgb):
+        raise ValueError(f"train and val are seen differently (size, rgb): "
+                         f"{(train.size, train.rgb)} vs {(val.size, val.rgb)}")
+    if _fits_on(device, train.raw, val.raw):
+        x_train, x_val = train.raw.to(device), val.raw.to(device)
     else:  # too big for the GPU: host memory, each batch staged in pinned memory and copied
-        x_train, x_val = train.images, val.images
+        x_train, x_val = train.raw, val.raw
     return _Staged(x_train, train.labels.to(x_train.device), x_val, val.labels.to(device),
-                   model, False, channels_last)
+                   model, False, channels_last, size=train.size, rgb=train.rgb)
 
 
 def _training_forward(model: nn.Module, data: _Staged, device: torch.device, ctx: _Dist,
@@ -441,15 +527,27 @@ class _Optimisation:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
+    scaler: torch.amp.GradScaler  # active only in fp16, where small gradients would underflow
+    precision: str  # "bf16", "fp16" or "fp32" (see precision_for)
 
     @classmethod
     def create(cls, params, lr: float, weight_decay: float, total_steps: int,
-               warmup_steps: int, seed: int, device: torch.device) -> "_Optimisation":
+               warmup_steps: int, seed: int, device: torch.device,
+               precision: str) -> "_Optimisation":
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                                       fused=device.type == "cuda")
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _cosine_with_warmup(total_steps, warmup_steps))
-        return cls(optimizer, scheduler, torch.Generator().manual_seed(seed))
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        return cls(optimizer, scheduler, torch.Generator().manual_seed(seed), scaler, precision)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, optimizer and schedule steps for one batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
 
 
 def _save(path: Path, epoch: int, model: nn.Module, opt: _Optimisation, device: torch.device,
@@ -461,6 +559,7 @@ def _save(path: Path, epoch: int, model: nn.Module, opt: _Optimisation, device: 
             "model": _mutable_state(model),
             "optimizer": opt.optimizer.state_dict(),
             "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict(),
             "rng": {"generator": opt.generator.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
             "config": config,
@@ -485,6 +584,8 @@ def _restore(path: Path, config: dict, model: nn.Module, opt: _Optimisation,
     _load_mutable_state(model, ckpt["model"])
     opt.optimizer.load_state_dict(ckpt["optimizer"])
     opt.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        opt.scaler.load_state_dict(ckpt["scaler"])
     opt.generator.set_state(ckpt["rng"]["generator"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -498,7 +599,8 @@ def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Opti
     """One pass over the training data; returns the summed loss and the number of correct
     predictions (over every process) and the epoch's seconds."""
     if not data.cached and hasattr(model, "on_epoch_start"):  # e.g. an iterative label mapping
-        model.on_epoch_start(epoch + 1, data.x_train, data.y_train)
+        model.on_epoch_start(epoch + 1, Split(data.x_train, data.y_train, data.size, data.rgb),
+                             data.y_train)
     # On cached features only the head runs, which has no dropout or norm layers.
     model.train(not data.cached)
     if device.type == "cuda":
@@ -519,11 +621,11 @@ def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Opti
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if not data.cached:
-            x = augment_batch(x, augment, opt.generator, draw=len(batch),
+            x = augment_batch(data.view(x), augment, opt.generator, draw=len(batch),
                               part=slice(ctx.rank, None, ctx.world))
             if data.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
+        with _autocast(device, opt.precision):
             logits = train_fn(x)
         if ctx.world == 1:
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
@@ -532,10 +634,7 @@ def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Opti
             total = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
                                     reduction="sum")
             loss, batch_loss = total * (ctx.world / len(batch)), total.detach()
-        opt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.optimizer.step()
-        opt.scheduler.step()
+        opt.step(loss)
         loss_sum += batch_loss
         correct += (logits.argmax(1) == y).sum()
     if ctx.world > 1:
@@ -546,11 +645,14 @@ def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Opti
     return loss_sum.item(), correct.item(), time.perf_counter() - t0
 
 
-def _validate(model: nn.Module, data: _Staged, device: torch.device) -> dict[str, float]:
+def _validate(model: nn.Module, data: _Staged, device: torch.device,
+              precision: str) -> dict[str, float]:
     """Loss and accuracy on the validation data, in eval mode."""
     model.eval()
     with torch.no_grad():
         eval_fn = model.head if data.cached else model
-        logits = _batched(eval_fn, data.x_val, EVAL_BATCH, device, convert=not data.cached)
+        x_val = data.x_val if data.cached else Split(data.x_val, data.y_val, data.size, data.rgb)
+        logits = _batched(eval_fn, x_val, EVAL_BATCH, device, convert=not data.cached,
+                          precision=precision)
     return _scores(logits, data.y_val)
 
