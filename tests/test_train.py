@@ -315,3 +315,17 @@ def test_activation_prompt_saves_less_for_backward_than_an_input_prompt():
     vp_bytes = vplib.train.saved_for_backward_bytes(vp, x, y)
     ap_bytes = vplib.train.saved_for_backward_bytes(ap, x, y)
     assert 0 < ap_bytes < vp_bytes / 2
+
+
+def test_torchrun_puts_each_process_on_its_local_gpu_whatever_cuda_device_was_asked(monkeypatch):
+    """Under torchrun, "cuda:0" (e.g. a grid's --device) must not put every rank on GPU 0."""
+    from vplib import train
+
+    monkeypatch.setattr(train, "distributed_context", lambda device=None: train._Dist(1, 2, 1))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    for asked in ("cuda", "cuda:0"):
+        device, ctx = train._place(asked, batch_size=64)
+        assert device == torch.device("cuda", 1) and ctx.local_rank == 1
+    assert train._place("cpu", batch_size=64)[0] == torch.device("cpu")
+    with pytest.raises(ValueError, match="global batch"):
+        train._place("cpu", batch_size=1)
