@@ -42,6 +42,7 @@ def test_styled_formats_known_columns_and_hides_the_index():
     for text in ("97.3%", "97.9%", "1,081", "21", "[msvp]"):
         assert text in html, text
     assert "0.9734" not in html and "val_acc" not in html
+    assert "trainable params" in html and "train time (s)" in html and "test_acc" not in html
     with pytest.raises(KeyError):
         tables.styled(frame, ["no such column"])
 

@@ -207,19 +207,29 @@ def binomial_se(acc, n):
     return float(se) if pd.api.types.is_scalar(se) else se
 
 
+# How the record columns of records_frame read in a table's header.
+HEADERS = {"test_acc": "test acc", "val_acc": "val acc", "se": "± se",
+           "trainable_params": "trainable params", "backbone_params": "backbone params",
+           "trainable_pct": "trainable % of backbone", "best_epoch": "best epoch",
+           "seconds_per_epoch": "s / epoch", "train_seconds": "train time (s)",
+           "n_train": "training images", "n_test": "test images"}
+
+
 def styled(frame: pd.DataFrame, columns=None, **formats):
-    """``frame[columns]`` (default: all) as a Styler with the index hidden and the course's
-    formats for the record columns of :func:`records_frame`: accuracies (``test_acc``,
-    ``val_acc``, ``se``) as percentages, parameter counts with thousands separators,
-    ``trainable_pct`` to 3 decimals, ``seconds_per_epoch`` to 1 and ``train_seconds`` to 0.
-    ``formats`` (``column="{:.2f}"``) add to or override them."""
+    """``frame[columns]`` (default: all) as a Styler with the index hidden, the record columns
+    of :func:`records_frame` under readable headers (:data:`HEADERS`: ``test_acc`` reads
+    "test acc") and in the course's formats: accuracies (``test_acc``, ``val_acc``, ``se``) as
+    percentages, parameter counts with thousands separators, ``trainable_pct`` to 3 decimals,
+    ``seconds_per_epoch`` to 1 and ``train_seconds`` to 0. ``formats``
+    (``column="{:.2f}"``) add to or override them."""
     shown = frame if columns is None else frame[list(columns)]
     known = {"test_acc": "{:.1%}", "val_acc": "{:.1%}", "se": "{:.1%}",
              "trainable_params": "{:,}", "backbone_params": "{:,}", "trainable_pct": "{:.3f}",
              "seconds_per_epoch": "{:.1f}", "train_seconds": "{:.0f}"}
     known.update(formats)
     used = {k: v for k, v in known.items() if k in shown.columns}
-    return shown.style.format(used).hide(axis="index")
+    headers = [HEADERS.get(c, c) for c in shown.columns]
+    return shown.style.format(used).hide(axis="index").relabel_index(headers, axis="columns")
 
 
 def paired_table(frame: pd.DataFrame, a: str, b: str, *, column: str = "setting",
