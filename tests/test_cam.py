@@ -144,3 +144,16 @@ def test_overlay_and_energy():
     assert not np.allclose(out[0, 0], out[3, 3])  # hot and cold pixels get different colours
     with pytest.raises(ValueError, match="size"):
         C.overlay(img, np.zeros((5, 5)))
+
+
+def test_maps_do_not_depend_on_the_batch(mobilenet):
+    """cam() runs its backward passes batch by batch (memory); each map is per image, so a
+    batch of 2 gives the maps of one pass over all 5, targets kept with their images."""
+    torch.manual_seed(1)
+    x, targets = torch.rand(5, 3, SIZE, SIZE), [3, 281, 999, 0, 7]
+    whole = C.cam(mobilenet, x, targets, batch_size=32)
+    assert np.abs(C.cam(mobilenet, x, targets, batch_size=2) - whole).max() < 1e-5
+    assert np.abs(C.cam(mobilenet, x, batch_size=2)
+                  - C.cam(mobilenet, x, mobilenet(x).argmax(1), batch_size=32)).max() < 1e-5
+    with pytest.raises(ValueError, match="batch_size"):
+        C.cam(mobilenet, x, targets, batch_size=0)

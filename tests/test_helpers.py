@@ -143,3 +143,44 @@ def test_live_run_seeds_a_from_scratch_backbone_like_a_grid_run():
         runs.append(experiments.live_run("linear", "msvp_cnn", data, epochs=1, batch_size=20))
     a, b = (r.model.backbone.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_cost_counts_what_fit_runs():
+    """A linear model on 4 x 4 images: training costs epochs x (train x step + val x forward),
+    forward being 2 x 48 x 3 FLOPs an image; the cached probe costs one forward pass over
+    train + val; and nothing in the model moves (batch-norm statistics included)."""
+    from vplib.data import Split
+
+    torch.manual_seed(0)
+    train = Split(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10) % 3)
+    val = train.select(torch.arange(4))
+    net = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(48), nn.Linear(48, 3)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cost = measure.fit_cost(net, train, val, epochs=2, batch_size=8)
+    forward = 2 * 48 * 3
+    assert cost["forward_flops_per_image"] == forward and not cost["cached_features"]
+    step = measure.step_flops(net.eval(), train.images[:1].float(), train.labels[:1])
+    assert cost["flops"] == 2 * (10 * step + 4 * forward)
+    assert cost["activation_bytes"] > 0 and net.train().training
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # BN stats too
+
+    net.frozen_features = True  # what fit's feature cache looks for
+    cached = measure.fit_cost(net, train, val, epochs=2, batch_size=8)
+    assert cached["cached_features"] and cached["flops"] == 14 * forward
+    assert cached["activation_bytes"] == 0
+    assert measure.gpu_hours(3600 * 65e12 * 0.3, "T4") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="gpu must be one of"):
+        measure.gpu_hours(1.0, "V100")
+
+
+def test_step_flops_of_a_depthwise_convolution_count_its_groups():
+    """torch's own counter charges a 32-group convolution's backward as if it were dense (33x
+    its forward here); vplib counts one forward per gradient: input and weight, 2x forward."""
+    conv = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(),
+                         nn.Linear(32 * 8 * 8, 4))
+    x, y = torch.randn(2, 32, 8, 8), torch.tensor([0, 1])
+    forward = measure.forward_flops(conv, x)
+    assert forward == 2 * 2 * 32 * 64 * 9 + 2 * 2 * 2048 * 4
+    # the conv's input is the data (no gradient): its weight gradient only (1x forward); the
+    # linear layer's input and weight gradients (2x forward); plus the forward itself
+    assert measure.step_flops(conv, x, y) == forward + 2 * 2 * 32 * 64 * 9 + 2 * (2 * 2 * 2048 * 4)

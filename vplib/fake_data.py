@@ -4,8 +4,10 @@ converts them) runs where there is no network. For measuring and testing only; t
 noise, so accuracies on them mean nothing.
 
 ``write_cifar(root, "CIFAR100", n_train, n_test)`` writes ``root/CIFAR100/cifar-100-python``
-as the official archive unpacks it; :func:`offline_torchvision` lets torchvision accept files
-whose checksums are not the official ones (it checks them before reading).
+as the official archive unpacks it; ``write_mnist(root, "MNIST", n_train, n_test)`` writes the
+four IDX files under ``root/MNIST/MNIST/raw`` as torchvision leaves them after a download (also
+``"FashionMNIST"``); :func:`offline_torchvision` lets torchvision accept CIFAR files whose
+checksums are not the official ones (it checks them before reading).
 """
 
 from __future__ import annotations
@@ -49,6 +51,28 @@ def write_cifar(root: str | Path, name: str = "CIFAR100", n_train: int = 50_000,
     dump(folder / test_file, n_test)
     with open(folder / meta_file, "wb") as f:
         pickle.dump({names_key: [f"class_{i}" for i in range(classes)]}, f)
+    return Path(root) / name
+
+
+def write_mnist(root: str | Path, name: str = "MNIST", n_train: int = 60_000,
+                n_test: int = 10_000, seed: int = 0) -> Path:
+    """Random 28 x 28 grey images and labels as the uncompressed IDX files (big-endian header:
+    magic number, then each dimension) that torchvision's ``MNIST`` / ``FashionMNIST`` read
+    from ``<their root>/name/raw``, their root being ``root/name`` (where ``vplib.data``
+    points torchvision). Returns ``root/name``."""
+    if name not in ("MNIST", "FashionMNIST"):
+        raise ValueError(f"name must be 'MNIST' or 'FashionMNIST', got {name!r}")
+    raw = Path(root) / name / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def dump(path: Path, array: np.ndarray) -> None:
+        header = np.array([0x0800 + array.ndim, *array.shape], dtype=">i4")
+        path.write_bytes(header.tobytes() + array.astype(np.uint8).tobytes())
+
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        dump(raw / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        dump(raw / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
     return Path(root) / name
 
 

@@ -26,7 +26,9 @@ What ``fit`` does, and why:
 * ``history`` records loss, accuracy, learning rate, seconds, images/s and peak GPU memory per
   epoch, and saves as JSON.
 
-Progress bars use ``tqdm.auto``; set ``TQDM_DISABLE=1`` to silence them.
+Progress bars use ``tqdm.auto``; set ``TQDM_DISABLE=1`` to silence them. ``VPLIB_MAX_EPOCHS=N``
+caps every run at ``N`` epochs (warmup capped with it; the record shows the epochs run): for a
+dry run of a profile's code paths on a small machine, not for results.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from .data import Split, convert
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+MAX_EPOCHS_ENV = "VPLIB_MAX_EPOCHS"
 EVAL_BATCH = 256  # images per forward pass when features, predictions or validation are computed
 
 
@@ -375,6 +378,9 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if os.environ.get(MAX_EPOCHS_ENV):
+        epochs = min(epochs, int(os.environ[MAX_EPOCHS_ENV]))
+        warmup_epochs = min(warmup_epochs, epochs)
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     device, ctx = _place(device, batch_size)
