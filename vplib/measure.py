@@ -120,8 +120,8 @@ def _flop_counter():
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of ``model(x)`` counted by ``torch.utils.flop_counter`` (matrix products and
     convolutions). With ``model`` and ``x`` on PyTorch's ``meta`` device nothing is computed."""
-    with torch.no_grad(), _flop_counter() as counter:
-        model(x)
+    with _flop_counter() as counter:  # not under no_grad: torch's module tracker then fails on
+        model(x)                      # a trainable tensor passed into a module (VPT's tokens)
     return counter.get_total_flops()
 
 
