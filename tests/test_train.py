@@ -329,3 +329,15 @@ def test_torchrun_puts_each_process_on_its_local_gpu_whatever_cuda_device_was_as
     assert train._place("cpu", batch_size=64)[0] == torch.device("cpu")
     with pytest.raises(ValueError, match="global batch"):
         train._place("cpu", batch_size=1)
+
+
+def test_max_epochs_variable_caps_every_run_and_its_warmup(digits, monkeypatch):
+    """VPLIB_MAX_EPOCHS (the paper-profile dry run) caps the epochs a run asks for, and its
+    warmup with it; the record shows what ran."""
+    monkeypatch.setenv("VPLIB_MAX_EPOCHS", "1")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    hist = fit(model, digits.train, digits.val, epochs=5, warmup_epochs=2, batch_size=64,
+               verbose=False)
+    assert len(hist.epochs) == 1 and hist.config["epochs"] == 1
+    assert hist.config["warmup_epochs"] == 1
