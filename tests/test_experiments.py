@@ -1,6 +1,7 @@
 """vplib.experiments: grids through fit, one record per run, finished runs skipped."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,8 @@ def test_run_grid_records_skips_finished_runs_and_summarizes(tmp_path, monkeypat
         assert 0.0 <= record["test_acc"] <= 1.0 and record["seconds_per_epoch"] > 0
         assert record["environment"]["profile"] == "quick" and record["image_size"] == 32
         assert record["fit"]["epochs"] == 1
+        assert record["epochs_run"] == 1 and record["stopped_early"] is False
+        assert record["vplib_source"] == experiments.vplib_source_hash()
         saved = json.loads((tmp_path / f"{record['key']}.json").read_text())
         assert saved["test_acc"] == record["test_acc"]
     linear = next(r for r in records if r["method"] == "linear")
@@ -79,10 +82,11 @@ def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, 
     def fake_run_one(run, out_dir, profile=None, **kwargs):
         lr = run.options["lr"]
         calls.append((run.seed, lr))
-        val = {0.1: 0.5, 0.01: 0.9, 0.001: 0.7}[lr]
-        return {"key": run.key, "val_acc": val, "test_acc": 1 - val, "fit": {"lr": lr},
-                "seconds_per_epoch": 1.0,
-                "environment": {"profile": "quick"}}
+        val = {0.1: 0.5, 0.01: 0.9, 0.001: 0.7}.get(lr, lr)
+        record = {"key": run.key, "val_acc": val, "test_acc": 1 - val, "fit": {"lr": lr},
+                  "seconds_per_epoch": 1.0, "environment": {"profile": "quick"}}
+        (Path(out_dir) / f"{run.key}.json").write_text(json.dumps(record))
+        return record
 
     monkeypatch.setattr(experiments, "run_one", fake_run_one)
     settings = experiments.grid(["linear"], ["b"], ["d"], options=[{"epochs": 3}])
@@ -91,6 +95,18 @@ def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, 
                                            verbose=False)
     assert calls == [(0, 0.1), (0, 0.01), (0, 0.001), (1, 0.01), (2, 0.01)]
     assert len(records) == 5
+    sel = records[0]["lr_selection"]
+    assert sel["lrs"] == [0.1, 0.01, 0.001] and sel["val_acc"] == [0.5, 0.9, 0.7]
+    assert sel["chosen"] == 0.01 and not sel["at_edge"]
+    assert [r["lr_selection"]["selected"] for r in records] == [False, True, False, True, True]
+    calls.clear()  # resumed: nothing retrains; a grid per method when lrs is None
+    experiments.select_then_seed(settings, [0.1, 0.01, 0.001], tmp_path, get_profile("quick"),
+                                 verbose=False)
+    assert calls == []
+    edge = experiments.select_then_seed(experiments.grid(["linear"], ["b"], ["d"], options=[
+        {"lr": 0.04}]), None, tmp_path, get_profile("quick"), seeds=(0,), verbose=False)
+    assert edge[0]["lr_selection"]["lrs"] == experiments.lr_grid("linear", {"lr": 0.04})
+    assert edge[0]["lr_selection"]["chosen"] == 0.16 and edge[0]["lr_selection"]["at_edge"]
     with pytest.raises(ValueError, match="at least one"):
         experiments.select_then_seed(settings, [], tmp_path)
 
@@ -112,3 +128,43 @@ def test_grid_data_cache_holds_one_dataset_at_a_time(monkeypatch):
         assert loaded == ["mnist", "animal_silhouettes"]
     finally:
         experiments._data.cache_clear()
+
+
+def test_lr_grid_spans_the_base_rate():
+    assert experiments.lr_grid("linear", {"lr": 0.04}) == [0.01, 0.04, 0.16]
+    assert experiments.lr_grid("full") == [
+        float(f"{experiments.DEFAULT_LR['full'] * f:.3g}") for f in experiments.LR_FACTORS]
+
+
+def test_save_refuses_to_train_from_a_modified_checkout(tmp_path, monkeypatch):
+    """--save checks the checkout before any run trains, and again on the records found."""
+    trained = []
+    monkeypatch.setattr(experiments, "run_one", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(experiments, "_git_commit", lambda: "0123abc-dirty")
+    argv = ["--out", str(tmp_path), "--methods", "linear", "--backbones", "b", "--datasets",
+            "d", "--profile", "quick", "--save", "x"]
+    with pytest.raises(SystemExit, match="modified checkout"):
+        experiments.main(argv)
+    assert trained == []
+    monkeypatch.setattr(experiments, "_git_commit", lambda: "0123abc")
+    run = experiments.grid(["linear"], ["b"], ["d"])[0]
+    (tmp_path / f"{run.key}.json").write_text(json.dumps(
+        {"key": run.key, "git_commit": "0123abc-dirty", "environment": {"profile": "quick"}}))
+    with pytest.raises(SystemExit, match="modified or unknown checkout"):
+        experiments.main(argv)
+
+
+def test_vplib_source_hash_changes_with_the_code(tmp_path, monkeypatch):
+    import shutil
+
+    import vplib
+
+    here = experiments.vplib_source_hash()
+    assert len(here) == 16 and here == experiments.vplib_source_hash()
+    copy = tmp_path / "vplib"
+    shutil.copytree(Path(vplib.__file__).parent, copy)
+    fake = copy / "experiments.py"
+    monkeypatch.setattr(experiments, "__file__", str(fake))
+    assert experiments.vplib_source_hash() == here
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# changed\n")
+    assert experiments.vplib_source_hash() != here

@@ -341,3 +341,44 @@ def test_max_epochs_variable_caps_every_run_and_its_warmup(digits, monkeypatch):
                verbose=False)
     assert len(hist.epochs) == 1 and hist.config["epochs"] == 1
     assert hist.config["warmup_epochs"] == 1
+
+
+def test_patience_stops_a_run_whose_validation_stopped_improving(digits, tmp_path):
+    """At a learning rate too small to change any prediction, validation accuracy never beats
+    epoch 1: with patience 2 the run ends after epoch 3 (of a cap of 10), says so, keeps the
+    best epoch, and a resume from its checkpoint trains nothing more."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    kw = dict(epochs=10, lr=1e-12, batch_size=64, patience=2, schedule="constant",
+              augment="none", device="cpu", verbose=False, checkpoint_dir=tmp_path)
+    hist = fit(model, digits.train, digits.val, **kw)
+    assert hist.stopped_early and len(hist.epochs) == 3 and hist.best_epoch == 1
+    assert hist.config["patience"] == 2 and hist.config["schedule"] == "constant"
+    again = fit(model, digits.train, digits.val, resume=True, **kw)
+    assert again.stopped_early and _strip_times(again) == _strip_times(hist)
+
+
+def test_a_run_that_keeps_improving_reaches_its_cap_without_an_early_stop(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    hist = fit(model, digits.train, digits.val, epochs=3, lr=1e-2, batch_size=64, patience=5,
+               augment="none", device="cpu", verbose=False)
+    assert not hist.stopped_early and len(hist.epochs) == 3
+
+
+def test_constant_schedule_holds_the_rate_after_warmup(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    kw = dict(epochs=4, lr=1e-2, batch_size=64, warmup_epochs=1, augment="none",
+              device="cpu", verbose=False)
+    constant = fit(model, digits.train, digits.val, schedule="constant", **kw).column("lr")
+    cosine = fit(model, digits.train, digits.val, **kw).column("lr")
+    assert constant == [pytest.approx(1e-2)] * 4
+    assert cosine[1] > cosine[2] > cosine[3] and cosine[3] < 1e-3  # decays to zero at the cap
+
+
+@pytest.mark.parametrize("bad", [{"patience": 0}, {"patience": 1.5}, {"schedule": "linear"}])
+def test_bad_patience_or_schedule_is_refused(digits, bad):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        fit(model, digits.train, digits.val, epochs=1, verbose=False, **bad)

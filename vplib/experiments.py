@@ -28,7 +28,13 @@ Option keys that are ``fit`` settings (``FIT_KEYS``: ``epochs``, ``lr``, ``batch
 go to ``fit``; ``DATA_KEYS`` (``image_size``, ``max_train``: a stratified cap on training
 images, never above the profile's) shape the data; every other key goes to ``vplib.build``.
 Unset learning rates come from ``DEFAULT_LR``: per-method starting points for AdamW, not
-tuned values.
+tuned values. The course's grids tune them instead: ``--lr-grid`` (:func:`select_then_seed`
+with :func:`lr_grid`) trains each setting at its base rate times ``LR_FACTORS`` with the first
+seed, keeps the rate with the best validation accuracy and runs the other seeds at it; with
+``{"patience": P, "schedule": "constant"}`` every run stops once validation accuracy has not
+improved for ``P`` epochs (its record says ``stopped_early``). ``--save`` refuses records
+trained from a modified checkout; each record also carries ``vplib_source``, a hash of
+vplib's code.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from .report import RESULTS_DIR, environment
 from .train import _atomic_write_json, evaluate, fit
 
 FIT_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "augment", "warmup_epochs",
-            "label_smoothing", "compile", "precision")
+            "label_smoothing", "compile", "precision", "patience", "schedule")
 
 DATA_KEYS = ("image_size", "max_train")
 
@@ -63,6 +69,18 @@ def _default_lrs() -> dict[str, float]:
 
 
 DEFAULT_LR = _default_lrs()  # per-method starting points (vplib.model.REGISTRY), not tuned
+
+# A learning-rate grid as multiples of a base rate (a run's own "lr" option, else DEFAULT_LR):
+# 16x from end to end, so a base rate a factor of 4 off either way is still inside the grid.
+LR_FACTORS = (0.25, 1.0, 4.0)
+
+
+def lr_grid(method: str, options: dict | None = None, factors=LR_FACTORS) -> list[float]:
+    """The learning rates to choose from on validation for ``method`` with ``options``: the
+    base rate (``options["lr"]`` if set, else ``DEFAULT_LR[method]``) times each factor,
+    rounded to three significant digits."""
+    base = (options or {}).get("lr", DEFAULT_LR.get(method, 1e-3))
+    return [float(f"{base * f:.3g}") for f in factors]
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,20 @@ def grid(methods, backbones, datasets, *, seeds=(0,), options=({},)) -> list[Run
             for o in per_method.get(m, [{}]) for s in seeds]
 
 
+def vplib_source_hash() -> str:
+    """sha256 (first 16 hex digits) over the path and bytes of every ``.py`` file of the
+    installed vplib package: two records with the same hash were trained by the same code,
+    whatever the commit says (and without git, e.g. from a wheel)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _git_commit() -> str | None:
+    """HEAD of the checkout vplib is imported from, with ``-dirty`` when tracked files differ
+    from it; ``None`` outside a git checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -154,7 +185,9 @@ def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
         **asdict(run), "key": run.key, "fit": dict(fit_kw),
         "image_size": int(data.image_shape[-1]),
         "test_acc": test["acc"], "val_acc": history.best["val_acc"],
-        "best_epoch": history.best_epoch, "n_train": len(data.train), "n_test": len(data.test),
+        "best_epoch": history.best_epoch, "epochs_run": len(epochs),
+        "stopped_early": history.stopped_early,
+        "n_train": len(data.train), "n_test": len(data.test),
         "trainable_params": counts["trainable"], "backbone_params": counts["backbone"],
         "trainable_pct_of_backbone": 100 * counts["trainable"] / counts["backbone"],
         "seconds_per_epoch": sum(r["seconds"] for r in epochs) / len(epochs),
@@ -165,7 +198,7 @@ def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
         "precision": history.config["precision"],
         "history": history.epochs,
         "environment": environment() | {"profile": profile.name},
-        "git_commit": _git_commit(),
+        "git_commit": _git_commit(), "vplib_source": vplib_source_hash(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return history, record
@@ -277,23 +310,45 @@ def select_then_seed(runs: list[Run], lrs, out_dir: str | os.PathLike,
                      device: str | None = None, verbose: bool = True) -> list[dict]:
     """Tune each run's learning rate on validation, then repeat the chosen one over seeds.
 
-    For every run of ``runs`` (their own seed is ignored) the learning rates ``lrs`` are
-    trained with ``seeds[0]``; the rate with the best validation accuracy (ties: the first in
-    ``lrs``) is then trained with the other ``seeds``. Test accuracy plays no part in the
-    choice. Returns every record (the tuning runs first); resumable like :func:`run_grid`.
+    For every run of ``runs`` (their own seed is ignored) each learning rate of its grid is
+    trained with ``seeds[0]``. ``lrs`` is that grid: a list (the same for every run), or
+    ``None`` for :func:`lr_grid` of the run's method and options. The rate with the best
+    validation accuracy (ties: the first in the grid) is then trained with the other ``seeds``.
+    Test accuracy plays no part in the choice. Returns every record (the tuning runs first),
+    each with ``lr_selection``: the grid, each rate's validation accuracy, the chosen rate,
+    whether it lies at an end of the grid (then a wider grid may do better) and ``selected``
+    (this run is at the chosen rate: it belongs to the reported result). Resumable like
+    :func:`run_grid`.
     """
-    if not lrs or not seeds:
+    grids = [list(lrs) if lrs is not None else lr_grid(r.method, r.options) for r in runs]
+    if not seeds or any(not g for g in grids):
         raise ValueError("select_then_seed needs at least one learning rate and one seed")
     tuning = [Run(r.method, r.backbone, r.dataset, seeds[0], {**r.options, "lr": lr})
-              for r in runs for lr in lrs]
+              for r, g in zip(runs, grids) for lr in g]
     records = run_grid(tuning, out_dir, profile, device=device, verbose=verbose)
-    chosen = []
-    for i, run in enumerate(runs):
-        trials = records[i * len(lrs):(i + 1) * len(lrs)]
-        best = max(range(len(lrs)), key=lambda j: (trials[j]["val_acc"], -j))
-        chosen += [Run(run.method, run.backbone, run.dataset, s, {**run.options, "lr": lrs[best]})
+    chosen, per_run, i = [], [], 0
+    for run, g in zip(runs, grids):
+        trials, i = records[i:i + len(g)], i + len(g)
+        best = max(range(len(g)), key=lambda j: (trials[j]["val_acc"], -j))
+        per_run.append({"lrs": g, "val_acc": [t["val_acc"] for t in trials], "chosen": g[best],
+                        "at_edge": len(g) > 1 and best in (0, len(g) - 1)})
+        chosen += [Run(run.method, run.backbone, run.dataset, s, {**run.options, "lr": g[best]})
                    for s in seeds[1:]]
-    return records + run_grid(chosen, out_dir, profile, device=device, verbose=verbose)
+    records += run_grid(chosen, out_dir, profile, device=device, verbose=verbose)
+    selections = ([sel for sel, g in zip(per_run, grids) for _ in g]
+                  + [sel for sel in per_run for _ in seeds[1:]])
+    return [{**record, "lr_selection": {**sel, "selected": record["fit"]["lr"] == sel["chosen"]}}
+            for record, sel in zip(records, selections)]
+
+
+def _require_clean(when: str) -> None:
+    commit = _git_commit()
+    if commit is None or commit.endswith("-dirty"):
+        raise SystemExit(f"--save refused {when}: vplib is imported from "
+                         f"{'a modified checkout' if commit else 'outside a git checkout'} "
+                         f"({Path(__file__).resolve().parents[1]}); commit or stash the "
+                         "changes (or run from a clean `git worktree`) so that every saved "
+                         "record names the code that trained it.")
 
 
 def export(records: list[dict], name: str, command: str,
@@ -312,6 +367,7 @@ def export(records: list[dict], name: str, command: str,
     path.write_text(json.dumps({
         "commands": commands,
         "git_commits": sorted({r["git_commit"] or "unknown" for r in merged}),
+        "vplib_sources": sorted({r.get("vplib_source") or "unknown" for r in merged}),
         "profiles": sorted({r["environment"]["profile"] for r in merged}),
         "records": merged}, indent=1) + "\n")
     return path
@@ -352,18 +408,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", nargs="+", type=float, default=None,
                         help="choose each setting's learning rate on validation among these "
                              "with the first seed, then run the other seeds at it")
+    parser.add_argument("--lr-grid", action="store_true",
+                        help="as --lrs, with each setting's own grid: its base rate (its "
+                             "'lr' option, else DEFAULT_LR) times LR_FACTORS")
     parser.add_argument("--save", default=None, metavar="NAME",
                         help="also write every record of the grid to book/results/NAME.json")
     args = parser.parse_args(argv)
+    if args.lrs and args.lr_grid:
+        parser.error("pass --lrs or --lr-grid, not both")
+    if args.save:
+        _require_clean("before training")
     runs = grid(args.methods, args.backbones, args.datasets, seeds=args.seeds,
                 options=args.options)
-    if args.lrs:
+    if args.lrs or args.lr_grid:
         settings = grid(args.methods, args.backbones, args.datasets, options=args.options)
         records = select_then_seed(settings, args.lrs, args.out, get_profile(args.profile),
                                    seeds=args.seeds, device=args.device)
     else:
         records = run_grid(runs, args.out, get_profile(args.profile), device=args.device)
     if args.save:
+        dirty = sorted({r["key"] for r in records
+                        if not r.get("git_commit") or r["git_commit"].endswith("-dirty")})
+        if dirty:
+            raise SystemExit(f"--save refused: {len(dirty)} record(s) in {args.out} were trained "
+                             f"from a modified or unknown checkout (e.g. {dirty[0]}); delete "
+                             "them and rerun from a clean commit.")
         import shlex
         import sys
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from . import backbones
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, load, sha256sum, source_vit
+from .baselines import PROBE_C, logistic_probe, pixel_features  # noqa: F401 (re-exported)
 from .data import Split, convert, load_dataset, sample_photos, stratified_split, stratified_subset
 from .experiments import _git_commit
 from .train import _atomic_save, _atomic_write_json, _cosine_with_warmup, evaluate, fit
@@ -500,7 +501,6 @@ def distill(out: Path, config: ViTConfig, recipe: DistillRecipe = DistillRecipe(
 # --------------------------------------------------------------------------- transfer probe
 
 TARGETS = ("mnist", "animal_silhouettes", "fashion_mnist")
-PROBE_C = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)  # inverse L2 strengths, chosen on validation
 
 
 @torch.no_grad()
@@ -527,38 +527,6 @@ def block_features(backbone, images: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def logistic_probe(train, val, test=None, *, Cs=PROBE_C) -> dict:
-    """A converged linear probe: standardised features, multinomial logistic regression
-    (L-BFGS), ``C`` chosen on ``val`` among the values of ``Cs`` whose fit converged (within
-    5,000 iterations); each argument is ``(features, labels)``. Returns the chosen ``C``, its
-    validation accuracy, the values dropped for not converging and, only if ``test`` is
-    given, its test accuracy."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    mean, sd = train[0].mean(0), train[0].std(0) + 1e-6
-    scaled = [((x - mean) / sd, y) for x, y in (train, val) + ((test,) if test else ())]
-    fits, dropped = {}, []
-    for c in Cs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ConvergenceWarning)
-            try:
-                clf = LogisticRegression(C=c, max_iter=5000, tol=1e-4).fit(*scaled[0])
-            except ConvergenceWarning:
-                dropped.append(c)
-                continue
-        fits[c] = (clf.score(*scaled[1]), clf)
-    if not fits:
-        raise RuntimeError(f"no logistic regression converged for C in {Cs}")
-    best = max(fits, key=lambda c: fits[c][0])
-    result = {"C": best, "val_acc": fits[best][0], "unconverged_C": dropped}
-    if test is not None:
-        result["test_acc"] = fits[best][1].score(*scaled[2])
-    return result
-
-
 def transfer(backbone=None, targets=TARGETS, *, n_train: int = 3600, seed: int = 0,
              test: bool = False, max_eval: int | None = None, size: int | None = None,
              block: int | None = None) -> dict:
@@ -577,7 +545,7 @@ def transfer(backbone=None, targets=TARGETS, *, n_train: int = 3600, seed: int =
 
         def feats(split):
             if backbone is None:
-                return split.images.flatten(1).float().numpy() / 255, split.labels.numpy()
+                return pixel_features(split)
             if block is not None:
                 return block_features(backbone, split.images, block).numpy(), split.labels.numpy()
             return class_token_features(backbone, split.images).numpy(), split.labels.numpy()

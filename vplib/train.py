@@ -53,6 +53,7 @@ from .data import Split, convert
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+SCHEDULES = ("cosine", "constant")
 MAX_EPOCHS_ENV = "VPLIB_MAX_EPOCHS"
 EVAL_BATCH = 256  # images per forward pass when features, predictions or validation are computed
 
@@ -63,11 +64,14 @@ def default_device() -> torch.device:
 
 @dataclass
 class History:
-    """Per-epoch records of a run, the epoch chosen on validation, and the settings used."""
+    """Per-epoch records of a run, the epoch chosen on validation, the settings used, and
+    whether the run ended by early stopping (validation accuracy stopped improving for
+    ``patience`` epochs) rather than at its epoch cap."""
 
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     config: dict = field(default_factory=dict)
+    stopped_early: bool = False
 
     @property
     def best(self) -> dict:
@@ -182,10 +186,15 @@ def _atomic_write_json(obj, path: Path, indent: int = 1) -> None:
     os.replace(tmp, path)
 
 
-def _cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def _cosine_with_warmup(total_steps: int, warmup_steps: int,
+                        schedule: str = "cosine") -> Callable[[int], float]:
+    """The learning-rate factor per step: a linear warm-up over ``warmup_steps``, then a
+    cosine to zero at ``total_steps`` (``"cosine"``) or the full rate (``"constant"``)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -339,6 +348,7 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH,
 def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 1e-3,
         weight_decay: float = 0.01, batch_size: int = 64, warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0, augment: str = "crop", seed: int = 0,
+        patience: int | None = None, schedule: str = "cosine",
         device: torch.device | str | None = None, cache_features: bool = True,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
         on_epoch_end: Callable[[int, dict, nn.Module], None] | None = None,
@@ -350,9 +360,14 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
             ``frozen_features`` (True), ``features`` and ``head``, and ``cache_features`` is
             True, features are computed once and only the head is trained on them.
         train, val: uint8 splits (``vplib.data.Split``). The test split is never passed in.
-        epochs: number of passes over ``train``.
+        epochs: number of passes over ``train`` (with ``patience``: the cap).
         lr, weight_decay: AdamW settings; the learning rate warms up linearly for
-            ``warmup_epochs`` and then follows a cosine to zero, stepped every batch.
+            ``warmup_epochs`` and then, stepped every batch, follows a cosine to zero at
+            ``epochs`` (``schedule="cosine"``) or stays at ``lr`` (``"constant"``: the
+            schedule does not depend on the cap, so a run can stop whenever it plateaus).
+        patience: early stopping: end the run once validation accuracy has not improved on
+            its best for ``patience`` epochs (``history.stopped_early`` then says so); the
+            best epoch's weights are kept either way. ``None``: train all ``epochs``.
         augment: ``"none"``, ``"crop"`` or ``"crop_flip"`` (ignored when features are cached).
         seed: seeds shuffling, augmentation and dropout.
         checkpoint_dir: where ``last.pt`` is written after every epoch (atomically).
@@ -378,6 +393,10 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be a positive number of epochs or None, got {patience!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if os.environ.get(MAX_EPOCHS_ENV):
         epochs = min(epochs, int(os.environ[MAX_EPOCHS_ENV]))
         warmup_epochs = min(warmup_epochs, epochs)
@@ -388,7 +407,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     config = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                   augment=augment, seed=seed, n_train=len(train), n_val=len(val),
-                  precision=precision)
+                  precision=precision, patience=patience, schedule=schedule)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -398,7 +417,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     train_fn = _training_forward(model, data, device, ctx, compile)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = _Optimisation.create(params, lr, weight_decay, epochs * steps_per_epoch,
-                               int(round(warmup_epochs * steps_per_epoch)), seed, device, precision)
+                               int(round(warmup_epochs * steps_per_epoch)), seed, device, precision,
+                               schedule)
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -414,7 +434,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     history.config.update(world_size=ctx.world, compile=compile,
                           data_on_device=data.x_train.device.type == device.type)
 
-    for epoch in range(start, epochs):
+    for epoch in range(start if not history.stopped_early else epochs, epochs):
         loss_sum, correct, seconds = _train_epoch(model, train_fn, data, opt, device, ctx,
                                                   epoch, epochs, batch_size, augment,
                                                   label_smoothing)
@@ -439,8 +459,15 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                   f"{record['images_per_s']:.0f} img/s")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record, model)
+        history.stopped_early = (patience is not None and epoch + 1 < epochs
+                                 and epoch + 1 - history.best_epoch >= patience)
         if ckpt_path is not None:
             _save(ckpt_path, epoch, model, opt, device, config, history, best_state, ctx)
+        if history.stopped_early:
+            if verbose and ctx.main:
+                print(f"early stop after epoch {epoch + 1}: no gain on validation accuracy "
+                      f"for {patience} epochs (best: epoch {history.best_epoch})")
+            break
 
     if best_state is not None:
         _load_mutable_state(model, best_state)
@@ -539,11 +566,11 @@ class _Optimisation:
     @classmethod
     def create(cls, params, lr: float, weight_decay: float, total_steps: int,
                warmup_steps: int, seed: int, device: torch.device,
-               precision: str) -> "_Optimisation":
+               precision: str, schedule: str = "cosine") -> "_Optimisation":
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                                       fused=device.type == "cuda")
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _cosine_with_warmup(total_steps, warmup_steps))
+            optimizer, _cosine_with_warmup(total_steps, warmup_steps, schedule))
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         return cls(optimizer, scheduler, torch.Generator().manual_seed(seed), scaler, precision)
 
