@@ -104,9 +104,9 @@ def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, 
                                  verbose=False)
     assert calls == []
     edge = experiments.select_then_seed(experiments.grid(["linear"], ["b"], ["d"], options=[
-        {"lr": 0.04}]), None, tmp_path, get_profile("quick"), seeds=(0,), verbose=False)
-    assert edge[0]["lr_selection"]["lrs"] == experiments.lr_grid("linear", {"lr": 0.04})
-    assert edge[0]["lr_selection"]["chosen"] == 0.16 and edge[0]["lr_selection"]["at_edge"]
+        {"lr": 0.4}]), None, tmp_path, get_profile("quick"), seeds=(0,), verbose=False)
+    assert edge[0]["lr_selection"]["lrs"] == [0.1, 0.4, 1.6]
+    assert edge[0]["lr_selection"]["chosen"] == 1.6 and edge[0]["lr_selection"]["at_edge"]
     with pytest.raises(ValueError, match="at least one"):
         experiments.select_then_seed(settings, [], tmp_path)
 
