@@ -382,3 +382,43 @@ def test_bad_patience_or_schedule_is_refused(digits, bad):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(ValueError, match=next(iter(bad))):
         fit(model, digits.train, digits.val, epochs=1, verbose=False, **bad)
+
+
+def test_plateau_schedule_drops_the_rate_twice_then_stops(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    hist = fit(model, digits.train, digits.val, epochs=20, lr=1e-12, batch_size=64,
+               patience=2, schedule="plateau", augment="none", device="cpu", verbose=False)
+    assert hist.lr_drops == [3, 5] and hist.stopped_early and len(hist.epochs) == 7
+    lrs = hist.column("lr")
+    assert lrs[2] == pytest.approx(1e-12) and lrs[3] == pytest.approx(1e-13)
+    assert lrs[5] == pytest.approx(1e-14)
+    with pytest.raises(ValueError, match="patience"):
+        fit(model, digits.train, digits.val, epochs=2, schedule="plateau", verbose=False)
+
+
+def test_resume_after_a_plateau_drop_reproduces_the_uninterrupted_run(digits, tmp_path):
+    """A run killed after its rate dropped resumes at the dropped rate: same history, drops
+    and weights as the run that was never interrupted."""
+    kwargs = dict(epochs=9, lr=3e-3, batch_size=64, seed=3, device="cpu", patience=1,
+                  schedule="plateau", verbose=False)
+    reference = small_net()
+    ref_hist = fit(reference, digits.train, digits.val, **kwargs)
+    assert ref_hist.lr_drops, "the test needs a run whose rate drops"
+    kill_at = ref_hist.lr_drops[0] + 1
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, record, model):
+        if epoch == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(small_net(), digits.train, digits.val, checkpoint_dir=tmp_path, on_epoch_end=kill,
+            **kwargs)
+    resumed = small_net(seed=5)
+    hist = fit(resumed, digits.train, digits.val, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert _strip_times(hist) == _strip_times(ref_hist) and hist.lr_drops == ref_hist.lr_drops
+    for (k, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -31,8 +31,9 @@ Unset learning rates come from ``DEFAULT_LR``: per-method starting points for Ad
 tuned values. The course's grids tune them instead: ``--lr-grid`` (:func:`select_then_seed`
 with :func:`lr_grid`) trains each setting at its base rate times ``LR_FACTORS`` with the first
 seed, keeps the rate with the best validation accuracy and runs the other seeds at it; with
-``{"patience": P, "schedule": "constant"}`` every run stops once validation accuracy has not
-improved for ``P`` epochs (its record says ``stopped_early``). ``--save`` refuses records
+``{"patience": P, "schedule": "plateau"}`` every run divides its rate by 10 whenever
+validation accuracy has not improved for ``P`` epochs, twice, and stops at the next such
+plateau (its record says ``stopped_early`` and ``lr_drops``). ``--save`` refuses records
 trained from a modified checkout; each record also carries ``vplib_source``, a hash of
 vplib's code.
 """
@@ -186,7 +187,7 @@ def train_and_test(model, data, *, method: str, backbone: str, seed: int = 0,
         "image_size": int(data.image_shape[-1]),
         "test_acc": test["acc"], "val_acc": history.best["val_acc"],
         "best_epoch": history.best_epoch, "epochs_run": len(epochs),
-        "stopped_early": history.stopped_early,
+        "stopped_early": history.stopped_early, "lr_drops": list(history.lr_drops),
         "n_train": len(data.train), "n_test": len(data.test),
         "trainable_params": counts["trainable"], "backbone_params": counts["backbone"],
         "trainable_pct_of_backbone": 100 * counts["trainable"] / counts["backbone"],

@@ -53,7 +53,8 @@ from .data import Split, convert
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "plateau")
+PLATEAU_FACTOR, PLATEAU_DROPS = 0.1, 2  # schedule="plateau": x0.1 at a plateau, twice, then stop
 MAX_EPOCHS_ENV = "VPLIB_MAX_EPOCHS"
 EVAL_BATCH = 256  # images per forward pass when features, predictions or validation are computed
 
@@ -66,12 +67,14 @@ def default_device() -> torch.device:
 class History:
     """Per-epoch records of a run, the epoch chosen on validation, the settings used, and
     whether the run ended by early stopping (validation accuracy stopped improving for
-    ``patience`` epochs) rather than at its epoch cap."""
+    ``patience`` epochs) rather than at its epoch cap; with ``schedule="plateau"``, the
+    epochs after which the learning rate was divided by 10."""
 
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     config: dict = field(default_factory=dict)
     stopped_early: bool = False
+    lr_drops: list[int] = field(default_factory=list)  # epochs after which the rate dropped
 
     @property
     def best(self) -> dict:
@@ -193,7 +196,7 @@ def _cosine_with_warmup(total_steps: int, warmup_steps: int,
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if schedule == "constant":
+        if schedule != "cosine":  # "constant", "plateau" (whose drops fit applies itself)
             return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -364,7 +367,10 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         lr, weight_decay: AdamW settings; the learning rate warms up linearly for
             ``warmup_epochs`` and then, stepped every batch, follows a cosine to zero at
             ``epochs`` (``schedule="cosine"``) or stays at ``lr`` (``"constant"``: the
-            schedule does not depend on the cap, so a run can stop whenever it plateaus).
+            schedule does not depend on the cap, so a run can stop whenever it plateaus) or
+            ``"plateau"``: constant until validation accuracy has not improved for
+            ``patience`` epochs, then divided by 10 (``PLATEAU_FACTOR``); after the second
+            such drop (``PLATEAU_DROPS``) the next plateau ends the run. Needs ``patience``.
         patience: early stopping: end the run once validation accuracy has not improved on
             its best for ``patience`` epochs (``history.stopped_early`` then says so); the
             best epoch's weights are kept either way. ``None``: train all ``epochs``.
@@ -397,6 +403,9 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
         raise ValueError(f"patience must be a positive number of epochs or None, got {patience!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "plateau" and patience is None:
+        raise ValueError("schedule='plateau' drops the rate after `patience` epochs without "
+                         "a gain on validation: pass patience=, e.g. 3")
     if os.environ.get(MAX_EPOCHS_ENV):
         epochs = min(epochs, int(os.environ[MAX_EPOCHS_ENV]))
         warmup_epochs = min(warmup_epochs, epochs)
@@ -425,6 +434,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     history, best_state, start = History(config=dict(config)), None, 0
     if resume and ckpt_path is not None and ckpt_path.exists():
         history, best_state, start = _restore(ckpt_path, config, model, opt, device)
+        opt.scale[0] = PLATEAU_FACTOR ** len(history.lr_drops)
         if verbose and ctx.main:
             print(f"Resumed from {ckpt_path} after epoch {start} of {epochs}.")
     else:
@@ -459,8 +469,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                   f"{record['images_per_s']:.0f} img/s")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record, model)
-        history.stopped_early = (patience is not None and epoch + 1 < epochs
-                                 and epoch + 1 - history.best_epoch >= patience)
+        _plateau_step(history, opt, patience, schedule, epoch + 1, epochs)
         if ckpt_path is not None:
             _save(ckpt_path, epoch, model, opt, device, config, history, best_state, ctx)
         if history.stopped_early:
@@ -476,6 +485,26 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
 
 
 # ---------------------------------------------------------------- fit's parts
+
+def _plateau_step(history: History, opt: "_Optimisation", patience: int | None, schedule: str,
+                  done: int, epochs: int) -> None:
+    """After epoch ``done``: with ``patience``, once validation accuracy has not improved for
+    ``patience`` epochs (counted from the best epoch or the last drop of the rate), either
+    drop the rate (``"plateau"``, up to ``PLATEAU_DROPS`` times) or mark the run as stopped
+    early (unless it is at its cap anyway)."""
+    if patience is None:
+        return
+    since = done - max([history.best_epoch, *history.lr_drops])
+    if since < patience:
+        return
+    if schedule == "plateau" and len(history.lr_drops) < PLATEAU_DROPS:
+        history.lr_drops.append(done)
+        for group in opt.optimizer.param_groups:
+            group["lr"] *= PLATEAU_FACTOR
+        opt.scale[0] = PLATEAU_FACTOR ** len(history.lr_drops)
+    elif done < epochs:
+        history.stopped_early = True
+
 
 def _place(device, batch_size: int) -> tuple[torch.device, _Dist]:
     """The training device and this process's place in a torchrun job (which, on CUDA,
@@ -562,6 +591,7 @@ class _Optimisation:
     generator: torch.Generator
     scaler: torch.amp.GradScaler  # active only in fp16, where small gradients would underflow
     precision: str  # "bf16", "fp16" or "fp32" (see precision_for)
+    scale: list[float] = field(default_factory=lambda: [1.0])  # plateau drops, on the schedule
 
     @classmethod
     def create(cls, params, lr: float, weight_decay: float, total_steps: int,
@@ -569,10 +599,12 @@ class _Optimisation:
                precision: str, schedule: str = "cosine") -> "_Optimisation":
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                                       fused=device.type == "cuda")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _cosine_with_warmup(total_steps, warmup_steps, schedule))
+        scale = [1.0]
+        base = _cosine_with_warmup(total_steps, warmup_steps, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: base(s) * scale[0])
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        return cls(optimizer, scheduler, torch.Generator().manual_seed(seed), scaler, precision)
+        return cls(optimizer, scheduler, torch.Generator().manual_seed(seed), scaler, precision,
+                   scale)
 
     def step(self, loss: torch.Tensor) -> None:
         """Backward, optimizer and schedule steps for one batch."""
