@@ -3,7 +3,8 @@
 # (--lr-grid: base rate x 1/4, 1, 4, seed 0), then seeds 1 and 2 at the chosen rate; every run
 # trained to a plateau (one warm-up epoch, then the rate divided by 10 after 3 epochs without a
 # gain on validation, twice; the next such plateau stops the run; cap 60 epochs).
-# Resumable: rerun the same command and finished runs are skipped.
+# Resumable: rerun the same command and finished runs are skipped; in a fresh clone the records
+# committed in book/results/08_benchmark_tuned.json are restored into runs/08_tuned first.
 # Usage: grids/08_benchmark.sh vit_distilled|mobilenet_v2 [datasets...]
 # Run from a clean checkout (--save refuses a modified one), one backbone per CPU thread.
 set -euo pipefail

@@ -168,3 +168,24 @@ def test_vplib_source_hash_changes_with_the_code(tmp_path, monkeypatch):
     assert experiments.vplib_source_hash() == here
     (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# changed\n")
     assert experiments.vplib_source_hash() != here
+
+
+def test_restore_brings_committed_records_back_so_a_fresh_clone_does_not_retrain(tmp_path,
+                                                                                  monkeypatch):
+    trained = []
+    monkeypatch.setattr(experiments, "run_one", lambda run, *a, **k: trained.append(run.key) or
+                        {"key": run.key, "environment": {"profile": "quick"}, "test_acc": 0.5,
+                         "seconds_per_epoch": 1.0})
+    runs = experiments.grid(["linear"], ["b"], ["d"], seeds=[0, 1])
+    done = {"key": runs[0].key, "environment": {"profile": "quick"}, "test_acc": 0.7,
+            "lr_selection": {"chosen": 0.1}}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "g.json").write_text(json.dumps({"records": [done]}))
+    out = tmp_path / "runs"
+    assert experiments.restore("g", out, results) == 1
+    assert experiments.restore("g", out, results) == 0  # already there: nothing rewritten
+    assert experiments.restore("absent", out, results) == 0
+    assert "lr_selection" not in json.loads((out / f"{runs[0].key}.json").read_text())
+    records = experiments.run_grid(runs, out, experiments.get_profile("quick"), verbose=False)
+    assert trained == [runs[1].key] and records[0]["test_acc"] == 0.7

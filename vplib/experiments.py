@@ -374,6 +374,25 @@ def export(records: list[dict], name: str, command: str,
     return path
 
 
+def restore(name: str, out_dir: str | os.PathLike,
+            results_dir: str | os.PathLike | None = None) -> int:
+    """Write each record of ``book/results/<name>.json`` that ``out_dir`` lacks back into
+    ``out_dir``, so that a grid whose run folder is gone (a fresh clone) resumes from its
+    committed records instead of training them again. Returns how many were restored."""
+    path = Path(results_dir if results_dir is not None else RESULTS_DIR) / f"{name}.json"
+    if not path.exists():
+        return 0
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    restored = 0
+    for record in json.loads(path.read_text())["records"]:
+        target = out_dir / f"{record['key']}.json"
+        if not target.exists():
+            _atomic_write_json({k: v for k, v in record.items() if k != "lr_selection"}, target)
+            restored += 1
+    return restored
+
+
 def summarize(records: list[dict], by=("dataset", "backbone", "method", "options")):
     """A DataFrame with one row per setting: mean and sd over seeds of test accuracy,
     trainable parameters, seconds per epoch and the number of seeds."""
@@ -413,12 +432,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="as --lrs, with each setting's own grid: its base rate (its "
                              "'lr' option, else DEFAULT_LR) times LR_FACTORS")
     parser.add_argument("--save", default=None, metavar="NAME",
-                        help="also write every record of the grid to book/results/NAME.json")
+                        help="also write every record of the grid to book/results/NAME.json "
+                             "(records already there are not trained again)")
     args = parser.parse_args(argv)
     if args.lrs and args.lr_grid:
         parser.error("pass --lrs or --lr-grid, not both")
     if args.save:
         _require_clean("before training")
+        restored = restore(args.save, args.out)
+        if restored:
+            print(f"restored {restored} finished record(s) of book/results/{args.save}.json "
+                  f"into {args.out}", flush=True)
     runs = grid(args.methods, args.backbones, args.datasets, seeds=args.seeds,
                 options=args.options)
     if args.lrs or args.lr_grid:
