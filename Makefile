@@ -40,7 +40,7 @@ setup: $(VENV)/.installed data
 
 book: setup
 	TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
-	$(PY) tests/site_check.py _build/html
+	$(PY) tests/site_check.py _build/html notebooks
 
 test: setup
 	TQDM_DISABLE=1 $(PY) -m pytest --nbval tests notebooks

@@ -1,11 +1,16 @@
-"""Check a built book: every page has content, every internal link and image resolves.
+"""Check a built book: every page has content, every internal link and image resolves, no
+prose says "0 of 0", and no committed notebook output carries a glued NaN or infinity, warning
+text, or an absolute local path.
 
-Usage: python tests/site_check.py _build/html
-Exit status 1 lists what is broken. Run by `make book`.
+Usage: python tests/site_check.py _build/html [notebooks]
+Exit status 1 lists what is broken. Run by `make book`; `tests/test_site_check.py` runs the
+notebook checks in `make test` too.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -29,6 +34,66 @@ class _Refs(HTMLParser):
             self.refs.append(("asset", attrs.get("src") or attrs.get("href")))
 
 
+class _Prose(HTMLParser):
+    """The text of a page outside code, outputs, scripts and styles."""
+
+    SKIP = {"pre", "code", "script", "style"}
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.parts = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        self.depth += tag in self.SKIP
+
+    def handle_endtag(self, tag):
+        self.depth -= tag in self.SKIP and self.depth > 0
+
+    def handle_data(self, data):
+        if not self.depth:
+            self.parts.append(data)
+
+    @property
+    def text(self) -> str:
+        return re.sub(r"\s+", " ", "".join(self.parts))
+
+
+EMPTY_COUNT = re.compile(r"\b0 (?:of|out of) 0\b")
+NON_FINITE = re.compile(r"^(?:np\.float\d*\()?[-+]?(?:nan|inf)\)?$", re.IGNORECASE)
+WARNING_TEXT = re.compile(r"\b\w*Warning\b|\bIProgress\b|\bwarnings\.warn\b")
+LOCAL_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private/var)/\S+")
+
+
+def prose_problems(text: str) -> list[str]:
+    """What a page's prose must not say."""
+    return [f"an empty count {m.group(0)!r}" for m in EMPTY_COUNT.finditer(text)]
+
+
+def output_problems(notebook: dict) -> list[str]:
+    """Glued non-finite numbers, warning text and local paths in a notebook's outputs."""
+    problems = []
+    for i, cell in enumerate(notebook.get("cells", [])):
+        for out in cell.get("outputs", []):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            data = out.get("data", {})
+            texts = ["".join(out["text"])] if "text" in out else [
+                "".join(v) if isinstance(v, list) else str(v) for k, v in data.items()
+                if "text" in k or k.endswith("json")]
+            for text in texts:
+                if name is not None and NON_FINITE.match(text.strip().strip("'\"")):
+                    problems.append(f"cell {i}: glued {name} = {text.strip()}")
+                if m := WARNING_TEXT.search(text):
+                    problems.append(f"cell {i}: warning text in an output: ...{m.group(0)}...")
+                if m := LOCAL_PATH.search(text):
+                    problems.append(f"cell {i}: a local path in an output: {m.group(0)[:60]}")
+    return problems
+
+
+def check_notebooks(folder: Path) -> list[str]:
+    return [f"{path}: {problem}" for path in sorted(Path(folder).glob("*.ipynb"))
+            for problem in output_problems(json.loads(path.read_text(encoding="utf-8")))]
+
+
 def check(site: Path) -> list[str]:
     problems = []
     # _static holds the theme's Jinja templates, not pages
@@ -36,8 +101,11 @@ def check(site: Path) -> list[str]:
     if not pages:
         return [f"no HTML pages under {site}"]
     for page in pages:
-        parser = _Refs()
-        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        parser, prose = _Refs(), _Prose()
+        html = page.read_text(encoding="utf-8", errors="replace")
+        parser.feed(html)
+        prose.feed(html)
+        problems += [f"{page.relative_to(site)}: {p}" for p in prose_problems(prose.text)]
         for kind, ref in parser.refs:
             url = urlparse(ref)
             if url.scheme or ref.startswith(("#", "mailto:", "//", "data:")):
@@ -58,7 +126,7 @@ def check(site: Path) -> list[str]:
 
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "_build/html")
-    found = check(root)
+    found = check(root) + (check_notebooks(Path(sys.argv[2])) if len(sys.argv) > 2 else [])
     for line in found:
         print(line)
     n = len([p for p in root.rglob("*.html") if "_static" not in p.relative_to(root).parts])
