@@ -82,7 +82,9 @@ def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, 
     def fake_run_one(run, out_dir, profile=None, **kwargs):
         lr = run.options["lr"]
         calls.append((run.seed, lr))
-        val = {0.1: 0.5, 0.01: 0.9, 0.001: 0.7}.get(lr, lr)
+        val = {0.1: 0.5, 0.01: 0.9, 0.001: 0.7, 6.4: 2.0, 25.6: 0.0}.get(lr, lr)
+        if run.options.get("epochs") == 4:  # the smaller the rate, the better
+            val = 1 / lr
         record = {"key": run.key, "val_acc": val, "test_acc": 1 - val, "fit": {"lr": lr},
                   "seconds_per_epoch": 1.0, "environment": {"profile": "quick"}}
         (Path(out_dir) / f"{run.key}.json").write_text(json.dumps(record))
@@ -93,20 +95,33 @@ def test_select_then_seed_picks_the_rate_on_validation_and_repeats_it(tmp_path, 
     records = experiments.select_then_seed(settings, [0.1, 0.01, 0.001], tmp_path,
                                            get_profile("quick"), seeds=(0, 1, 2),
                                            verbose=False)
-    assert calls == [(0, 0.1), (0, 0.01), (0, 0.001), (1, 0.01), (2, 0.01)]
+    assert calls == [(0, 0.001), (0, 0.01), (0, 0.1), (1, 0.01), (2, 0.01)]
     assert len(records) == 5
     sel = records[0]["lr_selection"]
-    assert sel["lrs"] == [0.1, 0.01, 0.001] and sel["val_acc"] == [0.5, 0.9, 0.7]
-    assert sel["chosen"] == 0.01 and not sel["at_edge"]
+    assert sel["lrs"] == [0.001, 0.01, 0.1] and sel["val_acc"] == [0.7, 0.9, 0.5]
+    assert sel["chosen"] == 0.01 and not sel["at_edge"] and sel["extended"] == 0
     assert [r["lr_selection"]["selected"] for r in records] == [False, True, False, True, True]
     calls.clear()  # resumed: nothing retrains; a grid per method when lrs is None
     experiments.select_then_seed(settings, [0.1, 0.01, 0.001], tmp_path, get_profile("quick"),
                                  verbose=False)
     assert calls == []
+    # best at the top end: the grid grows upwards until the best is inside it (6.4 here) ...
     edge = experiments.select_then_seed(experiments.grid(["linear"], ["b"], ["d"], options=[
         {"lr": 0.4}]), None, tmp_path, get_profile("quick"), seeds=(0,), verbose=False)
-    assert edge[0]["lr_selection"]["lrs"] == [0.1, 0.4, 1.6]
-    assert edge[0]["lr_selection"]["chosen"] == 1.6 and edge[0]["lr_selection"]["at_edge"]
+    sel = edge[0]["lr_selection"]
+    assert sel["lrs"] == [0.1, 0.4, 1.6, 6.4, 25.6] and len(edge) == 5
+    assert sel["chosen"] == 6.4 and sel["extended"] == 2 and not sel["at_edge"]
+    # ... or it has grown EDGE_EXTENSIONS times; below the bottom end it grows downwards
+    capped = experiments.select_then_seed(experiments.grid(["linear"], ["b"], ["d"], options=[
+        {"lr": 100.0}]), None, tmp_path, get_profile("quick"), seeds=(0,), verbose=False)
+    sel = capped[0]["lr_selection"]
+    assert sel["lrs"] == [25.0, 100.0, 400.0, 1600.0, 6400.0] and sel["at_edge"]
+    assert sel["chosen"] == 6400.0 and sel["extended"] == experiments.EDGE_EXTENSIONS
+    low = experiments.select_then_seed(experiments.grid(["linear"], ["b"], ["d"], options=[
+        {"epochs": 4}]), [0.7, 2.8, 11.2], tmp_path, get_profile("quick"), seeds=(0,),
+        extend=1, verbose=False)  # best at the bottom, one extension allowed
+    sel = low[0]["lr_selection"]
+    assert sel["lrs"] == [0.175, 0.7, 2.8, 11.2] and sel["chosen"] == 0.175 and sel["at_edge"]
     with pytest.raises(ValueError, match="at least one"):
         experiments.select_then_seed(settings, [], tmp_path)
 
@@ -189,3 +204,26 @@ def test_restore_brings_committed_records_back_so_a_fresh_clone_does_not_retrain
     assert "lr_selection" not in json.loads((out / f"{runs[0].key}.json").read_text())
     records = experiments.run_grid(runs, out, experiments.get_profile("quick"), verbose=False)
     assert trained == [runs[1].key] and records[0]["test_acc"] == 0.7
+
+
+def test_a_checkout_is_dirty_when_code_changes_but_not_when_a_grid_writes_its_results(
+        tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    (tmp_path / "vplib").mkdir()
+    (tmp_path / "book" / "results").mkdir(parents=True)
+    (tmp_path / "vplib" / "experiments.py").write_text("x = 1\n")
+    (tmp_path / "book" / "results" / "grid.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(experiments, "__file__", str(tmp_path / "vplib" / "experiments.py"))
+    assert not experiments._git_commit().endswith("-dirty")
+    (tmp_path / "book" / "results" / "grid.json").write_text('{"records": []}\n')
+    assert not experiments._git_commit().endswith("-dirty")
+    (tmp_path / "vplib" / "experiments.py").write_text("x = 2\n")
+    assert experiments._git_commit().endswith("-dirty")

@@ -30,7 +30,8 @@ images, never above the profile's) shape the data; every other key goes to ``vpl
 Unset learning rates come from ``DEFAULT_LR``: per-method starting points for AdamW, not
 tuned values. The course's grids tune them instead: ``--lr-grid`` (:func:`select_then_seed`
 with :func:`lr_grid`) trains each setting at its base rate times ``LR_FACTORS`` with the first
-seed, keeps the rate with the best validation accuracy and runs the other seeds at it; with
+seed (extending the grid while the best lies at an end of it), keeps the rate with the best
+validation accuracy and runs the other seeds at it; with
 ``{"patience": P, "schedule": "plateau"}`` every run divides its rate by 10 whenever
 validation accuracy has not improved for ``P`` epochs, twice, and stops at the next such
 plateau (its record says ``stopped_early`` and ``lr_drops``). ``--save`` refuses records
@@ -74,6 +75,7 @@ DEFAULT_LR = _default_lrs()  # per-method starting points (vplib.model.REGISTRY)
 # A learning-rate grid as multiples of a base rate (a run's own "lr" option, else DEFAULT_LR):
 # 16x from end to end, so a base rate a factor of 4 off either way is still inside the grid.
 LR_FACTORS = (0.25, 1.0, 4.0)
+EDGE_EXTENSIONS = 2  # a choice at an end of the grid adds up to this many rates beyond it
 
 
 def lr_grid(method: str, options: dict | None = None, factors=LR_FACTORS) -> list[float]:
@@ -130,12 +132,14 @@ def vplib_source_hash() -> str:
 
 def _git_commit() -> str | None:
     """HEAD of the checkout vplib is imported from, with ``-dirty`` when tracked files differ
-    from it; ``None`` outside a git checkout."""
+    from it (``book/results``, where grids write what they produced, excepted); ``None``
+    outside a git checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)book/results"],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -308,38 +312,50 @@ def run_grid(runs: list[Run], out_dir: str | os.PathLike, profile: Profile | Non
 
 def select_then_seed(runs: list[Run], lrs, out_dir: str | os.PathLike,
                      profile: Profile | None = None, *, seeds=(0, 1, 2),
-                     device: str | None = None, verbose: bool = True) -> list[dict]:
+                     extend: int = EDGE_EXTENSIONS, device: str | None = None,
+                     verbose: bool = True) -> list[dict]:
     """Tune each run's learning rate on validation, then repeat the chosen one over seeds.
 
     For every run of ``runs`` (their own seed is ignored) each learning rate of its grid is
     trained with ``seeds[0]``. ``lrs`` is that grid: a list (the same for every run), or
-    ``None`` for :func:`lr_grid` of the run's method and options. The rate with the best
-    validation accuracy (ties: the first in the grid) is then trained with the other ``seeds``.
-    Test accuracy plays no part in the choice. Returns every record (the tuning runs first),
-    each with ``lr_selection``: the grid, each rate's validation accuracy, the chosen rate,
-    whether it lies at an end of the grid (then a wider grid may do better) and ``selected``
-    (this run is at the chosen rate: it belongs to the reported result). Resumable like
-    :func:`run_grid`.
+    ``None`` for :func:`lr_grid` of the run's method and options. While the best validation
+    accuracy (ties: the first in the grid) lies at an end of the grid, the grid grows by one
+    rate beyond that end (the end's neighbour ratio again), at most ``extend`` times. The rate
+    chosen is then trained with the other ``seeds``. Test accuracy plays no part in the choice.
+    Returns every record (the tuning runs first), each with ``lr_selection``: the grid (sorted,
+    with its extensions), each rate's validation accuracy, the chosen rate, ``extended`` (rates
+    added), whether the choice still lies at an end (then a wider grid may do better) and
+    ``selected`` (this run is at the chosen rate: it belongs to the reported result).
+    Resumable like :func:`run_grid`.
     """
     grids = [list(lrs) if lrs is not None else lr_grid(r.method, r.options) for r in runs]
     if not seeds or any(not g for g in grids):
         raise ValueError("select_then_seed needs at least one learning rate and one seed")
-    tuning = [Run(r.method, r.backbone, r.dataset, seeds[0], {**r.options, "lr": lr})
-              for r, g in zip(runs, grids) for lr in g]
-    records = run_grid(tuning, out_dir, profile, device=device, verbose=verbose)
-    chosen, per_run, i = [], [], 0
+    trials, per_run, chosen = [], [], []
     for run, g in zip(runs, grids):
-        trials, i = records[i:i + len(g)], i + len(g)
-        best = max(range(len(g)), key=lambda j: (trials[j]["val_acc"], -j))
-        per_run.append({"lrs": g, "val_acc": [t["val_acc"] for t in trials], "chosen": g[best],
-                        "at_edge": len(g) > 1 and best in (0, len(g) - 1)})
-        chosen += [Run(run.method, run.backbone, run.dataset, s, {**run.options, "lr": g[best]})
-                   for s in seeds[1:]]
-    records += run_grid(chosen, out_dir, profile, device=device, verbose=verbose)
-    selections = ([sel for sel, g in zip(per_run, grids) for _ in g]
-                  + [sel for sel in per_run for _ in seeds[1:]])
+        g, added = sorted(g), 0
+        while True:
+            tuning = [Run(run.method, run.backbone, run.dataset, seeds[0], {**run.options, "lr": lr})
+                      for lr in g]
+            found = run_grid(tuning, out_dir, profile, device=device, verbose=verbose)
+            vals = [t["val_acc"] for t in found]
+            best = max(range(len(g)), key=lambda j: (vals[j], -j))
+            at_edge = len(g) > 1 and best in (0, len(g) - 1)
+            if not at_edge or added >= extend:
+                break
+            g = ([float(f"{g[0] * g[0] / g[1]:.3g}")] + g if best == 0
+                 else g + [float(f"{g[-1] * g[-1] / g[-2]:.3g}")])
+            added += 1
+        sel = {"lrs": g, "val_acc": vals, "chosen": g[best], "extended": added,
+               "at_edge": at_edge}
+        trials += [(t, sel) for t in found]
+        per_run.append(sel)
+        chosen += [(Run(run.method, run.backbone, run.dataset, s, {**run.options, "lr": g[best]}),
+                    sel) for s in seeds[1:]]
+    repeats = run_grid([r for r, _ in chosen], out_dir, profile, device=device, verbose=verbose)
+    pairs = trials + [(record, sel) for record, (_, sel) in zip(repeats, chosen)]
     return [{**record, "lr_selection": {**sel, "selected": record["fit"]["lr"] == sel["chosen"]}}
-            for record, sel in zip(records, selections)]
+            for record, sel in pairs]
 
 
 def _require_clean(when: str) -> None:
@@ -430,7 +446,8 @@ def main(argv: list[str] | None = None) -> None:
                              "with the first seed, then run the other seeds at it")
     parser.add_argument("--lr-grid", action="store_true",
                         help="as --lrs, with each setting's own grid: its base rate (its "
-                             "'lr' option, else DEFAULT_LR) times LR_FACTORS")
+                             "'lr' option, else DEFAULT_LR) times LR_FACTORS, extended "
+                             "while the best rate lies at an end of it")
     parser.add_argument("--save", default=None, metavar="NAME",
                         help="also write every record of the grid to book/results/NAME.json "
                              "(records already there are not trained again)")
