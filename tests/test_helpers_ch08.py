@@ -74,3 +74,32 @@ def test_accuracy_against_cost_draws_one_point_per_row():
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert labels == ["linear probe", "full fine-tuning", "MNIST", "shapes"]
     matplotlib.pyplot.close(fig)
+
+
+def _tuned(method, lr, seed, chosen, *, lrs=(0.01, 0.04), stopped=True, epochs=12, cap=60):
+    return {"dataset": "d", "backbone": "b", "method": method, "seed": seed, "best_epoch": 5,
+            "stopped_early": stopped, "epochs_run": epochs, "fit": {"epochs": cap, "lr": lr},
+            "lr_selection": {"lrs": list(lrs), "val_acc": [0.5, 0.6][:len(lrs)],
+                             "chosen": chosen, "extended": 0, "at_edge": True,
+                             "selected": lr == chosen}}
+
+
+def test_tuned_grid_tables_report_the_choice_and_how_runs_ended():
+    records = [_tuned("linear", 0.01, 0, 0.04), _tuned("linear", 0.04, 0, 0.04),
+               _tuned("linear", 0.04, 1, 0.04, stopped=False, epochs=60),
+               _tuned("full", 0.001, 0, 0.001, lrs=(0.001,), stopped=False, epochs=20)]
+    assert [r["lr_selection"]["selected"] for r in tables.selected(records)] == [True] * 3
+    assert len(tables.selected([{"method": "untuned"}])) == 1
+    choices = tables.lr_choices(records)
+    assert choices.method.tolist() == ["linear", "full"]
+    assert choices.chosen.tolist() == [0.04, 0.001] and choices.seeds.tolist() == [2, 1]
+    ended = tables.convergence(records)
+    assert ended.runs[0] == 4 and ended.stopped[0] == 2 and ended.capped[0] == 1
+    assert ended.stopped_pct[0] == 50 and ended.epochs_max[0] == 60
+    per = tables.convergence(records, by=["method"]).set_index("method")
+    assert per.stopped_pct["linear"] == pytest.approx(200 / 3) and per.capped["full"] == 0
+    stale = _tuned("linear", 0.16, 1, 0.16, lrs=(0.01, 0.04, 0.16))
+    with pytest.raises(ValueError, match="disagree"):
+        tables.lr_choices(records + [stale])
+    with pytest.raises(ValueError, match="not tuned"):
+        tables.lr_choices([{"dataset": "d"}])

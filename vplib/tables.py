@@ -13,7 +13,11 @@ the tables the book shows, with one spelling of every statistic:
   p < ``alpha``;
 * :func:`pick` / :func:`mean_of`: one number out of a frame, failing loudly when the filter
   matches nothing (or, for :func:`pick`, more than one row);
-* :func:`provenance`: the commands, commits and profiles of a committed grid.
+* :func:`provenance`: the commands, commits and profiles of a committed grid;
+* :func:`selected` / :func:`lr_choices` / :func:`convergence`: for a grid tuned on validation
+  (``vplib.experiments.select_then_seed``), the runs at each setting's chosen learning rate,
+  the choice itself, and how many runs stopped on a validation plateau rather than at their
+  epoch cap.
 """
 
 from __future__ import annotations
@@ -255,3 +259,63 @@ def paired_table(frame: pd.DataFrame, a: str, b: str, *, column: str = "setting"
         for d, s in zip(diffs["diff"], diffs["diff_sd"])]
     out["p"], out["verdict"] = diffs["p"], diffs["verdict"]
     return out.reset_index()
+
+
+def selected(records: Iterable[dict]) -> list[dict]:
+    """The runs of a tuned grid that belong to its reported results: those at their setting's
+    chosen learning rate (``lr_selection["selected"]``). Records without ``lr_selection``
+    (an untuned grid) are all kept."""
+    return [r for r in records if r.get("lr_selection", {}).get("selected", True)]
+
+
+def lr_choices(records: Iterable[dict], by=("dataset", "backbone", "method")) -> pd.DataFrame:
+    """One row per group of ``by`` (first-seen order) of a tuned grid: the learning rates tried
+    with the first seed (``grid``), their validation accuracies (``val_acc``, a list in the
+    grid's order), the ``chosen`` rate, how many rates were ``extended`` beyond the first grid,
+    ``at_edge`` (the choice is still an end of the grid) and the ``seeds`` run at the choice.
+    Raises when the records of one group disagree on the choice (stale records of an earlier
+    selection in the same file)."""
+    by = [by] if isinstance(by, str) else list(by)
+    rows: dict = {}
+    for r in records:
+        sel = r.get("lr_selection")
+        if sel is None:
+            continue
+        key = tuple(r[k] for k in by)
+        row = {**dict(zip(by, key)), "grid": list(sel["lrs"]), "val_acc": list(sel["val_acc"]),
+               "chosen": sel["chosen"], "extended": sel.get("extended", 0),
+               "at_edge": bool(sel["at_edge"])}
+        old = rows.setdefault(key, {**row, "seeds": 0})
+        if any(old[k] != row[k] for k in ("grid", "chosen")):
+            raise ValueError(f"records of {dict(zip(by, key))} disagree on the learning-rate "
+                             f"choice ({old['chosen']} from {old['grid']} vs {row['chosen']} "
+                             f"from {row['grid']}): drop the stale ones")
+        old["seeds"] += bool(sel["selected"])
+    if not rows:
+        raise ValueError("no record has an lr_selection: the grid was not tuned on validation")
+    return pd.DataFrame(list(rows.values()))
+
+
+def convergence(records: Iterable[dict], by=None) -> pd.DataFrame:
+    """How the runs ended, per group of ``by`` (all runs together when ``None``): ``runs``,
+    ``stopped`` (ended by early stopping: validation accuracy stopped improving),
+    ``stopped_pct``, ``capped`` (ran to their epoch cap), the median and largest
+    ``epochs_run`` and the median ``best_epoch``."""
+    frame = pd.DataFrame([{
+        "group": tuple(r[k] for k in by) if by else ("all",),
+        "stopped": bool(r.get("stopped_early")),
+        "epochs": r.get("epochs_run", len(r.get("history", []))),
+        "cap": r.get("fit", {}).get("epochs"), "best_epoch": r.get("best_epoch")}
+        for r in records])
+    if frame.empty:
+        raise ValueError("no records")
+    rows = []
+    for group, part in frame.groupby("group", sort=False):
+        rows.append({**(dict(zip(by, group)) if by else {}), "runs": len(part),
+                     "stopped": int(part.stopped.sum()),
+                     "stopped_pct": 100 * float(part.stopped.mean()),
+                     "capped": int(((part.epochs >= part.cap) & ~part.stopped).sum()),
+                     "epochs_median": float(part.epochs.median()),
+                     "epochs_max": int(part.epochs.max()),
+                     "best_epoch_median": float(part.best_epoch.median())})
+    return pd.DataFrame(rows)
