@@ -6,6 +6,8 @@
 # Resumable: rerun the same command and finished runs are skipped; in a fresh clone the records
 # committed in book/results/08_benchmark_tuned.json are restored into runs/08_tuned first.
 # Usage: grids/08_benchmark.sh vit_distilled|mobilenet_v2 [datasets...]
+#   METHODS="bias full" grids/08_benchmark.sh ... runs only those methods (e.g. to split one
+#   column over two threads; never give two processes the same method and dataset).
 # Run from a clean checkout (--save refuses a modified one), one backbone per CPU thread.
 set -euo pipefail
 backbone=$1; shift
@@ -19,6 +21,9 @@ else
   methods=(linear bias vp-pad msvp ap full)
   declare -A extra=([vp-pad]='"prompt_size": 8' [ap]='"layer": "features.8"' [bias]='"lr": 0.003'
                     [full]='"lr": 0.0003')
+fi
+if [ -n "${METHODS:-}" ]; then
+  read -r -a methods <<< "$METHODS"
 fi
 for dataset in $datasets; do
   for method in "${methods[@]}"; do
