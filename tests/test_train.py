@@ -377,10 +377,11 @@ def test_constant_schedule_holds_the_rate_after_warmup(digits):
     assert cosine[1] > cosine[2] > cosine[3] and cosine[3] < 1e-3  # decays to zero at the cap
 
 
-@pytest.mark.parametrize("bad", [{"patience": 0}, {"patience": 1.5}, {"schedule": "linear"}])
-def test_bad_patience_or_schedule_is_refused(digits, bad):
+@pytest.mark.parametrize("bad, error", [({"patience": 0}, ValueError), ({"patience": 1.5}, TypeError),
+                                        ({"schedule": "linear"}, ValueError)])
+def test_bad_patience_or_schedule_is_refused(digits, bad, error):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    with pytest.raises(error, match=next(iter(bad))):
         fit(model, digits.train, digits.val, epochs=1, verbose=False, **bad)
 
 

@@ -102,12 +102,15 @@ def offline_weights_path(name: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(spec.submodule_search_locations[0]) / entry.relpath
+    # pip skips a package it finds installed, whatever its files: the repair needs --force-reinstall
+    reinstall = entry.install.replace("pip install", "pip install --force-reinstall", 1)
     if not path.exists():
-        return None
+        raise AssetUnavailable(f"{entry.package} is installed but its weight file {path} is "
+                               f"missing: reinstall it with `{reinstall}`.")
     digest = sha256sum(path)
     if digest != entry.sha256:
         raise ChecksumError(f"{path} has sha256 {digest}, expected {entry.sha256}. The file is "
-                            f"corrupt or a different release: reinstall with `{entry.install}`.")
+                            f"corrupt or a different release: reinstall with `{reinstall}`.")
     return path
 
 

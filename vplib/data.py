@@ -333,6 +333,15 @@ def load_dataset(name: str, *, size: int | None = None, rgb: bool = False,
         DatasetUnavailable: the dataset is not installed and cannot be downloaded; the message
             names the install command.
     """
+    from . import validate
+
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name (str), got {type(name).__name__}")
+    size = validate.positive_int("size", size, allow_none=True)
+    max_train = validate.positive_int("max_train", max_train, allow_none=True)
+    max_eval = validate.positive_int("max_eval", max_eval, allow_none=True)
+    val_fraction = validate.fraction("val_fraction", val_fraction)
+    test_fraction = validate.fraction("test_fraction", test_fraction)
     key = name.strip().lower().replace("-", "_")
     if key not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Available: {', '.join(DATASETS)}.")

@@ -281,9 +281,21 @@ def run_one(run: Run, out_dir: str | os.PathLike, profile: Profile | None = None
     return record
 
 
+def _read_record(path: Path) -> dict:
+    """A run record written by :func:`run_one`, or an error that names the file."""
+    try:
+        record = json.loads(path.read_text())
+        record["environment"]["profile"], record["key"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a run record of vplib.experiments ({type(err).__name__}: "
+                         f"{err}); delete it (its run is trained again) or move it out of the "
+                         "grid folder") from None
+    return record
+
+
 def load_records(out_dir: str | os.PathLike) -> list[dict]:
     """Every finished run's record in ``out_dir``, sorted by key."""
-    return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*.json"))]
+    return [_read_record(p) for p in sorted(Path(out_dir).glob("*.json"))]
 
 
 def run_grid(runs: list[Run], out_dir: str | os.PathLike, profile: Profile | None = None, *,
@@ -296,7 +308,7 @@ def run_grid(runs: list[Run], out_dir: str | os.PathLike, profile: Profile | Non
     for i, run in enumerate(runs, 1):
         path = out_dir / f"{run.key}.json"
         if path.exists():
-            record = json.loads(path.read_text())
+            record = _read_record(path)
             if record["environment"]["profile"] != profile.name:
                 raise ValueError(f"{path} was run in the {record['environment']['profile']} "
                                  f"profile, not {profile.name}: use another out_dir.")

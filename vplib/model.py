@@ -13,6 +13,7 @@ num_classes, **options)`` assembles any method of :data:`METHODS`.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import backbones as _backbones
+from . import validate
 from .backbones import Backbone
 from .data import Split
 from .prompts import input as vp
@@ -92,8 +94,20 @@ class PromptedClassifier(nn.Module):
         backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
         return not backbone_trains and not self.prompt_modules and self.head is not None
 
+    image_size: int | None = None  # set by build: the side the prompts were built for
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse what the model cannot read: non-float images (uint8 read as 0..255), the
+        wrong channels, a size other than the one its prompts (or its ViT) were built for,
+        and, outside training (where ``fit`` checks the loss), NaN or infinite pixels."""
+        fixed = self.backbone.kind == "vit" or bool(self.prompt_modules)
+        validate.images(x, size=self.image_size if fixed else None,
+                        check_finite=not self.training)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(B, num_features)`` of images in [0, 1], prompts applied."""
+        if not torch.compiler.is_compiling():
+            self.check_input(x)
         z = self.backbone.normalize(x)
         if self.input_prompt is not None:
             z = self.input_prompt(z)
@@ -201,16 +215,52 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
                          for k, h in hints.items())
         raise ValueError(f"{method} does not take option(s) {said}; its options: "
                          f"{', '.join(spec.options) or 'none'}")
+    _check_option_types(method, options)
     backbone = _as_backbone(backbone)
     if spec.vit_only and backbone.kind != "vit":
         raise ValueError(f"{method} inserts tokens into a Vision Transformer; {backbone.name} is "
                          f"a {backbone.kind.upper()}. Use vp-*, msvp or ap on CNNs.")
+    shared = getattr(backbone, "_vplib_models", 0) > 0
+    before = [p.requires_grad for p in backbone.parameters()]
+    model = _assemble(spec, method, backbone, image_size, options, head, num_classes)
+    if shared and [p.requires_grad for p in backbone.parameters()] != before:
+        # The backbone already serves another model that expects it frozen (or trained) as
+        # it was: give this model its own copy rather than re-freeze the other one under it.
+        for p, grad in zip(backbone.parameters(), before):
+            p.requires_grad_(grad)
+        backbone = copy.deepcopy(backbone)
+        backbone._vplib_models = 0
+        model = _assemble(spec, method, backbone, image_size, options, head, num_classes)
+    backbone._vplib_models = getattr(backbone, "_vplib_models", 0) + 1
+    return model
+
+
+def _assemble(spec, method, backbone, image_size, options, head, num_classes):
     kwargs = spec.builder(backbone, image_size or backbone.input_size, dict(options), head,
                           num_classes)
     model = PromptedClassifier(backbone, num_classes, **kwargs)
+    model.image_size = image_size or backbone.input_size
     if method == "bias":
         _bias_tuning(model.backbone)
     return model
+
+
+# The types of the options most methods share, checked before anything is built.
+OPTION_TYPES = {"prompt_size": "positive int", "length": "positive int", "dropout": "number",
+                "init_std": "number", "init": str, "layer": str, "fusion": str, "variant": str,
+                "train_backbone": bool, "shared_over_positions": bool}
+
+
+def _check_option_types(method: str, options: dict) -> None:
+    for name, value in options.items():
+        kind = OPTION_TYPES.get(name)
+        if kind == "positive int":
+            validate.positive_int(f"{method} option {name}", value)
+        elif kind == "number":
+            validate.number(f"{method} option {name}", value)
+        elif kind is not None and not isinstance(value, kind):
+            raise TypeError(f"{method} option {name} must be a {kind.__name__}, got {value!r} "
+                            f"({type(value).__name__})")
 
 
 def _as_backbone(backbone) -> Backbone:

@@ -117,6 +117,8 @@ def pretrain(out: Path, config: ViTConfig = ViTConfig(), recipe: Recipe = Recipe
     torch.manual_seed(recipe.seed)
     train, val, test = _supervised_data(recipe, config.img_size, max_train, max_eval)
     model = Normalized(create_vit(config))
+    if not resume:  # asked to start again: the previous run's checkpoint goes
+        (out / "last.pt").unlink(missing_ok=True)
     history = fit(model, train, val, epochs=recipe.epochs, lr=recipe.lr,
                   weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
                   warmup_epochs=recipe.warmup_epochs, label_smoothing=recipe.label_smoothing,

@@ -33,6 +33,7 @@ dry run of a profile's code paths on a small machine, not for results.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -49,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm  # first imported, without its Jupyter warning, by vplib/__init__
 
+from . import validate
 from .data import Split, convert
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
@@ -176,17 +178,85 @@ def _load_mutable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
     model.load_state_dict(state, strict=False)
 
 
+def _atomic_replace(path: Path, write: Callable) -> None:
+    """``write(file)`` into a temporary file of this process next to ``path``, flushed to disk,
+    then renamed over ``path``: a kill during the write never leaves a half-written file, and
+    two writers never share a temporary file."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill during the write never leaves a half-written checkpoint
+    _atomic_replace(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_write_json(obj, path: Path, indent: int = 1) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file, like :func:`_atomic_save`."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
-    os.replace(tmp, path)
+    _atomic_replace(path, lambda f: f.write((json.dumps(obj, indent=indent) + "\n").encode()))
+
+
+class _RunLock:
+    """An exclusive lock on a checkpoint folder for the length of one ``fit``: a second
+    process training into the same folder is refused instead of mixing its epochs in."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "fit.lock"
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise RuntimeError(f"{folder} is in use by another training run (locked: "
+                               f"{self.path}); give each run its own checkpoint_dir") from None
+
+    def release(self) -> None:
+        import fcntl
+
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for t in tensors:
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(str((t.dtype, t.numel())).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """What a checkpoint must match to be resumed into ``model``: its modules' names and
+    types, every parameter's name, shape and trainability, and the values of the frozen
+    tensors outside the backbone (InsVP's random prompter, a fixed prompt), which a resume
+    would otherwise take from a differently seeded build."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr([(n, type(m).__name__) for n, m in model.named_modules()]).encode())
+    h.update(repr([(n, tuple(p.shape), p.requires_grad)
+                   for n, p in model.named_parameters()]).encode())
+    frozen = [t for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
+              if not n.startswith("backbone.") and not getattr(t, "requires_grad", False)]
+    h.update(_digest(*frozen).encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(train: Split, val: Split) -> str:
+    """A hash of the training and validation images and labels and how they are seen."""
+    return _digest(train.raw, train.labels, val.raw, val.labels) + f":{train.size}:{train.rgb}"
 
 
 def _cosine_with_warmup(total_steps: int, warmup_steps: int,
@@ -342,6 +412,9 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH,
              device: torch.device | str | None = None) -> dict[str, float]:
     """Cross-entropy ``loss`` and top-1 ``acc`` of ``model`` on ``split`` (eval mode), where
     the model is (see :func:`predict`)."""
+    split = validate.split("split", split, fit_hint=False)
+    if getattr(model, "num_classes", None) is not None:
+        validate.labels_in_range("split", split.labels, model.num_classes)
     logits = predict(model, split, batch_size=batch_size, device=device)
     return {**_scores(logits, split.labels), "n": len(split)}
 
@@ -397,10 +470,17 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     Returns:
         The :class:`History`; ``model`` holds the weights of the best validation epoch.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ValueError(f"patience must be a positive number of epochs or None, got {patience!r}")
+    epochs = validate.positive_int("epochs", epochs)
+    batch_size = validate.positive_int("batch_size", batch_size)
+    lr = validate.number("lr", lr, low=0, low_open=True)
+    weight_decay = validate.number("weight_decay", weight_decay, low=0)
+    warmup_epochs = validate.number("warmup_epochs", warmup_epochs, low=0, high=epochs)
+    label_smoothing = validate.number("label_smoothing", label_smoothing, low=0, high=1,
+                                      high_open=True)
+    patience = validate.positive_int("patience", patience, allow_none=True)
+    train, val = validate.split("train", train), validate.split("val", val)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (the folder of the run's last.pt)")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "plateau" and patience is None:
@@ -417,20 +497,46 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                   augment=augment, seed=seed, n_train=len(train), n_val=len(val),
                   precision=precision, patience=patience, schedule=schedule)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None:
+        validate.labels_in_range("train", train.labels, num_classes)
+        validate.labels_in_range("val", val.labels, num_classes)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
+    config["model"], config["data"] = model_fingerprint(model), data_fingerprint(train, val)
     data = _stage(model, train, val, device, cache_features, precision)
     config["cached_features"] = data.cached
     train_fn = _training_forward(model, data, device, ctx, compile)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    # A last batch of one image cannot train BatchNorm ("Expected more than 1 value per
+    # channel"): it joins the batch before it.
+    data.merge_last = (not data.cached and len(train) % batch_size == 1 and len(train) > 1
+                       and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                               for m in model.modules()))
+    steps_per_epoch = math.ceil(len(train) / batch_size) - data.merge_last
     opt = _Optimisation.create(params, lr, weight_decay, epochs * steps_per_epoch,
                                int(round(warmup_epochs * steps_per_epoch)), seed, device, precision,
                                schedule)
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _RunLock(ckpt_path.parent) if ckpt_path is not None and ctx.main else None
+    try:
+        if ckpt_path is not None and ckpt_path.exists() and not resume:
+            raise FileExistsError(f"{ckpt_path} holds another run's checkpoint: pass resume=True "
+                                  "to continue it, or delete it (or use another checkpoint_dir) "
+                                  "to start again")
+        return _fit(model, train, val, epochs, batch_size, device, ctx, precision, config, data,
+                    train_fn, opt, ckpt_path, resume, patience, schedule, augment,
+                    label_smoothing, seed, compile, on_epoch_end, verbose)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(model, train, val, epochs, batch_size, device, ctx, precision, config, data, train_fn,
+         opt, ckpt_path, resume, patience, schedule, augment, label_smoothing, seed, compile,
+         on_epoch_end, verbose) -> History:
+    """fit's epochs, once its arguments are checked and its checkpoint folder is locked."""
     history, best_state, start = History(config=dict(config)), None, 0
     if resume and ckpt_path is not None and ckpt_path.exists():
         history, best_state, start = _restore(ckpt_path, config, model, opt, device)
@@ -534,6 +640,7 @@ class _Staged:
     cache_seconds: float | None = None
     size: int | None = None  # how the model sees the native uint8 images (see Split)
     rgb: bool = False
+    merge_last: bool = False  # the last batch (one image) joins the one before it
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         return convert(x, size=self.size, rgb=self.rgb)
@@ -639,13 +746,22 @@ def _restore(path: Path, config: dict, model: nn.Module, opt: _Optimisation,
              device: torch.device) -> tuple[History, dict | None, int]:
     """Load ``last.pt`` into ``model`` and ``opt``; returns the history, the best state so far
     and the first epoch still to run. Refuses a checkpoint written with other settings."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved = ckpt["config"]
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        saved = ckpt["config"]
+    except Exception as err:  # truncated, empty or not a checkpoint of fit
+        raise RuntimeError(f"{path} cannot be read as a fit checkpoint ({type(err).__name__}: "
+                           f"{err}); delete it to start the run again") from err
+    for key, what in (("model", "another model (method, options or seed of a frozen part)"),
+                      ("data", "other training or validation data")):
+        if saved.get(key) != config.get(key):
+            raise ValueError(f"{path} was written for {what}, not this run: delete it, or "
+                             "give this run its own checkpoint_dir")
     if saved != config:
         diff = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
                 if saved.get(k) != config.get(k)}
         raise ValueError(f"{path} was written with other settings {diff} "
-                         "(saved, now): delete it or pass resume=False.")
+                         "(saved, now): delete it, or give this run its own checkpoint_dir.")
     _load_mutable_state(model, ckpt["model"])
     opt.optimizer.load_state_dict(ckpt["optimizer"])
     opt.scheduler.load_state_dict(ckpt["scheduler"])
@@ -676,10 +792,12 @@ def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Opti
     order = torch.randperm(n, generator=opt.generator).to(data.x_train.device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    bar = tqdm(range(math.ceil(n / batch_size)), desc=f"epoch {epoch + 1}/{epochs}",
+    steps = math.ceil(n / batch_size) - data.merge_last
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}",
                leave=False, **({} if ctx.main else {"disable": True}))
     for step in bar:
-        batch = order[step * batch_size:(step + 1) * batch_size]
+        end = n if step == steps - 1 else (step + 1) * batch_size
+        batch = order[step * batch_size:end]
         idx = batch[ctx.rank::ctx.world] if ctx.world > 1 else batch
         x, y = data.x_train[idx], data.y_train[idx]
         if x.device.type != device.type:
@@ -699,6 +817,11 @@ def _train_epoch(model: nn.Module, train_fn: Callable, data: _Staged, opt: _Opti
             total = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
                                     reduction="sum")
             loss, batch_loss = total * (ctx.world / len(batch)), total.detach()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                f"(learning rate {opt.optimizer.param_groups[0]['lr']:.3g}); no step was "
+                "taken. Lower the learning rate, or check the inputs and the prompt for NaN")
         opt.step(loss)
         loss_sum += batch_loss
         correct += (logits.argmax(1) == y).sum()
