@@ -190,8 +190,8 @@ MODEL_CASES = [  # (input, error, phrase)
                          ids=["uint8", "float64", "nan", "grey", "size", "no batch"])
 def test_models_refuse_input_they_cannot_read(cnn_vp, make, error, phrase):
     x = make()
-    if error is None:
-        assert cnn_vp(x.float()).shape == (2, 10)
+    if error is None:  # float64 is read as float32
+        assert torch.allclose(cnn_vp(x), cnn_vp(x.float()))
         return
     with pytest.raises(error, match=phrase):
         cnn_vp(x)
@@ -255,3 +255,23 @@ def test_build_checks_option_types_first(method, options, error, phrase):
     with pytest.raises(error, match=phrase):
         vplib.build(method, vplib.load("mobilenet_v2", pretrained=False), 10, image_size=32,
                     **options)
+
+
+def test_checkpoint_identity_tells_similar_models_apart():
+    from vplib.train import model_fingerprint
+
+    cnn = vplib.load("mobilenet_v2", pretrained=False)
+    fixed, random_patch = (vplib.build(m, cnn, 10, image_size=32, prompt_size=4)
+                           for m in ("vp-fixed", "vp-random"))
+    assert model_fingerprint(fixed) != model_fingerprint(random_patch)  # same parameter shapes
+    vit = vplib.load("vit_distilled")
+    prints = []
+    for seed in (0, 1, 0):  # InsVP's frozen random prompter differs with the seed of the build
+        torch.manual_seed(seed)
+        prints.append(model_fingerprint(vplib.build("insvp", vit, 10, variant="official")))
+    assert prints[0] != prints[1] and prints[0] == prints[2]
+
+
+def test_build_refuses_an_image_size_of_zero():
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        vplib.build("vp-pad", vplib.load("mobilenet_v2", pretrained=False), 10, image_size=0)

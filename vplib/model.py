@@ -108,6 +108,8 @@ class PromptedClassifier(nn.Module):
         """Pooled backbone features ``(B, num_features)`` of images in [0, 1], prompts applied."""
         if not torch.compiler.is_compiling():
             self.check_input(x)
+        if x.dtype == torch.float64:  # the weights are float32
+            x = x.float()
         z = self.backbone.normalize(x)
         if self.input_prompt is not None:
             z = self.input_prompt(z)
@@ -216,6 +218,7 @@ def build(method: str, backbone: Backbone | str, num_classes: int, *,
         raise ValueError(f"{method} does not take option(s) {said}; its options: "
                          f"{', '.join(spec.options) or 'none'}")
     _check_option_types(method, options)
+    image_size = validate.positive_int("image_size", image_size, allow_none=True)
     backbone = _as_backbone(backbone)
     if spec.vit_only and backbone.kind != "vit":
         raise ValueError(f"{method} inserts tokens into a Vision Transformer; {backbone.name} is "

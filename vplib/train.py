@@ -240,11 +240,12 @@ def _digest(*tensors: torch.Tensor) -> str:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """What a checkpoint must match to be resumed into ``model``: its modules' names and
-    types, every parameter's name, shape and trainability, and the values of the frozen
-    tensors outside the backbone (InsVP's random prompter, a fixed prompt), which a resume
-    would otherwise take from a differently seeded build."""
+    """What a checkpoint must match to be resumed into ``model``: its modules' names, types
+    and settings (their ``repr``), every parameter's name, shape and trainability, and the
+    values of the frozen tensors outside the backbone (InsVP's random prompter, a fixed
+    prompt), which a resume would otherwise take from a differently seeded build."""
     h = hashlib.blake2b(digest_size=8)
+    h.update(repr(model).encode())  # every module's type and settings (extra_repr)
     h.update(repr([(n, type(m).__name__) for n, m in model.named_modules()]).encode())
     h.update(repr([(n, tuple(p.shape), p.requires_grad)
                    for n, p in model.named_parameters()]).encode())
