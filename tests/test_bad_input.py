@@ -275,3 +275,29 @@ def test_checkpoint_identity_tells_similar_models_apart():
 def test_build_refuses_an_image_size_of_zero():
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         vplib.build("vp-pad", vplib.load("mobilenet_v2", pretrained=False), 10, image_size=0)
+
+
+def test_an_unreachable_hub_is_not_retried(monkeypatch):
+    """Offline, timm's download is asked in the hub's offline mode (a cached copy or an
+    immediate error, not a minute of retries); the mode is restored afterwards."""
+    import timm
+    from huggingface_hub import constants
+
+    from vplib import backbones
+
+    seen = []
+
+    def fake_create(name, pretrained):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise RuntimeError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: False)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(backbones.AssetUnavailable, match="could not be downloaded"):
+        vplib.load("resnet18")
+    assert seen == [True] and constants.HF_HUB_OFFLINE == before
+    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: True)
+    with pytest.raises(backbones.AssetUnavailable):
+        vplib.load("resnet18")
+    assert seen == [True, before]

@@ -325,11 +325,39 @@ def source_vit(name: str, pretrained: bool = True, folder: Path | None = None) -
                     class_names=class_names, source=source)
 
 
-def _timm(name: str, pretrained: bool):
-    import timm
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (where timm's weights live) answers a TCP connection."""
+    import socket
 
     try:
-        model = timm.create_model(name, pretrained=pretrained)
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _create_timm(name: str, pretrained: bool):
+    """``timm.create_model``; when the hub cannot be reached, in the hub's offline mode, so a
+    cached copy is used and a missing one fails at once instead of after a minute of retries."""
+    import timm
+
+    if not pretrained or hub_reachable():
+        return timm.create_model(name, pretrained=pretrained)
+    from huggingface_hub import constants
+
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        return timm.create_model(name, pretrained=pretrained)
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _timm(name: str, pretrained: bool):
+    try:
+        model = _create_timm(name, pretrained)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"Unknown backbone {name!r}: not one of {list(BACKBONES)} "
