@@ -301,3 +301,13 @@ def test_an_unreachable_hub_is_not_retried(monkeypatch):
     with pytest.raises(backbones.AssetUnavailable):
         vplib.load("resnet18")
     assert seen == [True, before]
+
+
+@pytest.mark.parametrize("content", ["{broken", '{"config": {}}', "[]"])
+def test_a_broken_model_card_is_named(tmp_path, content):
+    from vplib import backbones
+
+    (tmp_path / "vit_distilled.json").write_text(content)
+    with pytest.raises(backbones.AssetUnavailable, match="vit_distilled.json, the model card "
+                                                         "of 'vit_distilled', is unreadable"):
+        backbones.source_vit("vit_distilled", folder=tmp_path)

@@ -302,8 +302,14 @@ def source_vit(name: str, pretrained: bool = True, folder: Path | None = None) -
             f"{card_path} is missing: the source ViT {name!r} is not in this copy of vplib. "
             "Reinstall vplib from a full clone, or train it with `python -m vplib.pretrain` "
             "(see appendix A of the book).")
-    card = json.loads(card_path.read_text())
-    config = ViTConfig(**card["config"])
+    try:
+        card = json.loads(card_path.read_text())
+        config = ViTConfig(**card["config"])
+        card["sha256"], card["mean"], card["std"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise AssetUnavailable(f"{card_path}, the model card of {name!r}, is unreadable "
+                               f"({type(err).__name__}: {err}): restore it with `git checkout "
+                               f"-- {card_path.name}` in a clone, or reinstall vplib") from None
     model = create_vit(config)
     source = "random init"
     if pretrained:
