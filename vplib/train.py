@@ -33,6 +33,7 @@ dry run of a profile's code paths on a small machine, not for results.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -228,6 +229,12 @@ class _RunLock:
 
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+    def __enter__(self) -> "_RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -520,75 +527,64 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
                                int(round(warmup_epochs * steps_per_epoch)), seed, device, precision,
                                schedule)
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    lock = _RunLock(ckpt_path.parent) if ckpt_path is not None and ctx.main else None
-    try:
-        if ckpt_path is not None and ckpt_path.exists() and not resume:
-            raise FileExistsError(f"{ckpt_path} holds another run's checkpoint: pass resume=True "
-                                  "to continue it, or delete it (or use another checkpoint_dir) "
-                                  "to start again")
-        return _fit(model, train, val, epochs, batch_size, device, ctx, precision, config, data,
-                    train_fn, opt, ckpt_path, resume, patience, schedule, augment,
-                    label_smoothing, seed, compile, on_epoch_end, verbose)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _fit(model, train, val, epochs, batch_size, device, ctx, precision, config, data, train_fn,
-         opt, ckpt_path, resume, patience, schedule, augment, label_smoothing, seed, compile,
-         on_epoch_end, verbose) -> History:
-    """fit's epochs, once its arguments are checked and its checkpoint folder is locked."""
-    history, best_state, start = History(config=dict(config)), None, 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        history, best_state, start = _restore(ckpt_path, config, model, opt, device)
-        opt.scale[0] = PLATEAU_FACTOR ** len(history.lr_drops)
-        if verbose and ctx.main:
-            print(f"Resumed from {ckpt_path} after epoch {start} of {epochs}.")
-    else:
-        torch.manual_seed(seed)
-    if data.cached:
-        history.config["cache_seconds"] = data.cache_seconds
-    history.config.update(world_size=ctx.world, compile=compile,
-                          data_on_device=data.x_train.device.type == device.type)
-
-    for epoch in range(start if not history.stopped_early else epochs, epochs):
-        loss_sum, correct, seconds = _train_epoch(model, train_fn, data, opt, device, ctx,
-                                                  epoch, epochs, batch_size, augment,
-                                                  label_smoothing)
-        val_scores = _validate(model, data, device, opt.precision)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / len(train), "train_acc": correct / len(train),
-            "val_loss": val_scores["loss"], "val_acc": val_scores["acc"],
-            "lr": opt.optimizer.param_groups[0]["lr"],
-            "seconds": seconds, "images_per_s": len(train) / seconds,
-            "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20
-                            if device.type == "cuda" else None),
-        }
-        history.epochs.append(record)
-        if history.best_epoch is None or record["val_acc"] > history.best["val_acc"]:
-            history.best_epoch = record["epoch"]
-            best_state = _mutable_state(model)
-        if verbose and ctx.main:
-            print(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.4f} "
-                  f"acc {record['train_acc']:.4f} | val loss {record['val_loss']:.4f} "
-                  f"acc {record['val_acc']:.4f} | {seconds:.1f} s, "
-                  f"{record['images_per_s']:.0f} img/s")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record, model)
-        _plateau_step(history, opt, patience, schedule, epoch + 1, epochs)
-        if ckpt_path is not None:
-            _save(ckpt_path, epoch, model, opt, device, config, history, best_state, ctx)
-        if history.stopped_early:
+    if ckpt_path is not None and ckpt_path.exists() and not resume:
+        raise FileExistsError(f"{ckpt_path} holds another run's checkpoint: pass resume=True "
+                              "to continue it, or delete it (or use another checkpoint_dir) "
+                              "to start again")
+    with contextlib.ExitStack() as held:  # the checkpoint folder is this run's until it ends
+        if ckpt_path is not None and ctx.main:
+            held.enter_context(_RunLock(ckpt_path.parent))
+        history, best_state, start = History(config=dict(config)), None, 0
+        if resume and ckpt_path is not None and ckpt_path.exists():
+            history, best_state, start = _restore(ckpt_path, config, model, opt, device)
+            opt.scale[0] = PLATEAU_FACTOR ** len(history.lr_drops)
             if verbose and ctx.main:
-                print(f"early stop after epoch {epoch + 1}: no gain on validation accuracy "
-                      f"for {patience} epochs (best: epoch {history.best_epoch})")
-            break
+                print(f"Resumed from {ckpt_path} after epoch {start} of {epochs}.")
+        else:
+            torch.manual_seed(seed)
+        if data.cached:
+            history.config["cache_seconds"] = data.cache_seconds
+        history.config.update(world_size=ctx.world, compile=compile,
+                              data_on_device=data.x_train.device.type == device.type)
 
-    if best_state is not None:
-        _load_mutable_state(model, best_state)
-    model.eval()
-    return history
+        for epoch in range(start if not history.stopped_early else epochs, epochs):
+            loss_sum, correct, seconds = _train_epoch(model, train_fn, data, opt, device, ctx,
+                                                      epoch, epochs, batch_size, augment,
+                                                      label_smoothing)
+            val_scores = _validate(model, data, device, opt.precision)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / len(train), "train_acc": correct / len(train),
+                "val_loss": val_scores["loss"], "val_acc": val_scores["acc"],
+                "lr": opt.optimizer.param_groups[0]["lr"],
+                "seconds": seconds, "images_per_s": len(train) / seconds,
+                "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20
+                                if device.type == "cuda" else None),
+            }
+            history.epochs.append(record)
+            if history.best_epoch is None or record["val_acc"] > history.best["val_acc"]:
+                history.best_epoch = record["epoch"]
+                best_state = _mutable_state(model)
+            if verbose and ctx.main:
+                print(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.4f} "
+                      f"acc {record['train_acc']:.4f} | val loss {record['val_loss']:.4f} "
+                      f"acc {record['val_acc']:.4f} | {seconds:.1f} s, "
+                      f"{record['images_per_s']:.0f} img/s")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record, model)
+            _plateau_step(history, opt, patience, schedule, epoch + 1, epochs)
+            if ckpt_path is not None:
+                _save(ckpt_path, epoch, model, opt, device, config, history, best_state, ctx)
+            if history.stopped_early:
+                if verbose and ctx.main:
+                    print(f"early stop after epoch {epoch + 1}: no gain on validation accuracy "
+                          f"for {patience} epochs (best: epoch {history.best_epoch})")
+                break
+
+        if best_state is not None:
+            _load_mutable_state(model, best_state)
+        model.eval()
+        return history
 
 
 # ---------------------------------------------------------------- fit's parts
