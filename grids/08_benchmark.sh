@@ -3,8 +3,10 @@
 # (--lr-grid: base rate x 1/4, 1, 4, seed 0), then seeds 1 and 2 at the chosen rate; every run
 # trained to a plateau (one warm-up epoch, then the rate divided by 10 after 3 epochs without a
 # gain on validation, twice; the next such plateau stops the run; cap 60 epochs).
-# Resumable: rerun the same command and finished runs are skipped; in a fresh clone the records
-# committed in book/results/08_benchmark_tuned.json are restored into runs/08_tuned first.
+# Resumable: rerun the same command and finished runs are skipped. Every finished run's record
+# in grids/runs/08_tuned/ is committed as it lands (checkpoints are not), so a fresh clone
+# resumes where the last one stopped; the records of book/results/08_benchmark_tuned.json are
+# restored there too.
 # Usage: grids/08_benchmark.sh vit_distilled|mobilenet_v2 [datasets...]
 #   METHODS="bias full" grids/08_benchmark.sh ... runs only those methods (e.g. to split one
 #   column over two threads; never give two processes the same method and dataset).
@@ -28,7 +30,7 @@ fi
 for dataset in $datasets; do
   for method in "${methods[@]}"; do
     opts="{$recipe${extra[$method]:+, ${extra[$method]}}}"
-    python -m vplib.experiments --out runs/08_tuned --save 08_benchmark_tuned \
+    python -m vplib.experiments --out grids/runs/08_tuned --save 08_benchmark_tuned \
       --backbones "$backbone" --datasets "$dataset" --methods "$method" --seeds 0 1 2 \
       --lr-grid --options "$opts"
   done
