@@ -14,8 +14,9 @@ Each chapter notebook executes (nbclient, a fresh kernel) with ``VPLIB_PROFILE=p
   images, for one epoch (``VPLIB_MAX_EPOCHS``), in batches of at most ``BATCH`` (on a CPU
   autograd's saved activations live in host memory: a MobileNetV2 step on 128 images of
   224 px holds about 9 GB);
-* ``vplib.checks.beats_chance`` answering True, and counting its calls: the images are noise,
-  so no accuracy can beat chance. Every other assert of a chapter runs as written.
+* ``vplib.checks.beats_chance`` and ``vplib.checks.beats`` (a baseline) answering True, and
+  counting their calls: the images are noise and the weights random, so no accuracy can beat
+  chance or a baseline. Every other assert of a chapter runs as written.
 
 The kernel's peak resident memory (``ru_maxrss``), the wall time and the measured fits are
 recorded per chapter. :func:`data_path_peak` measures what the caps leave out: ``fit`` on the
@@ -68,6 +69,7 @@ def _beats_chance(acc, n, num_classes, **kwargs):
 
 
 timm.create_model, vplib.checks.beats_chance = _random_weights, _beats_chance
+vplib.checks.beats = lambda acc, reference, n, **kwargs: _beats_chance(acc, n, 2)
 _dry["fits"], _fit = [], vplib.train.fit
 
 

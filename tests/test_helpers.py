@@ -184,3 +184,13 @@ def test_step_flops_of_a_depthwise_convolution_count_its_groups():
     # the conv's input is the data (no gradient): its weight gradient only (1x forward); the
     # linear layer's input and weight gradients (2x forward); plus the forward itself
     assert measure.step_flops(conv, x, y) == forward + 2 * 2 * 32 * 64 * 9 + 2 * (2 * 2 * 2048 * 4)
+
+
+def test_beats_needs_a_margin_of_three_standard_errors_over_the_baseline():
+    from vplib.checks import beats
+
+    se = (0.8 * 0.2 / 400) ** 0.5  # 2 points on 400 images
+    assert beats(0.8 + 3 * se + 1e-6, 0.8, 400) and not beats(0.8 + 3 * se - 1e-6, 0.8, 400)
+    assert not beats(0.79, 0.8, 400)
+    with pytest.raises(ValueError, match="reference in"):
+        beats(0.9, 80, 400)

@@ -29,6 +29,14 @@ def beats_chance(acc: float, n: int, num_classes: int, *, z: float = 3.0) -> boo
     return acc > chance_margin(n, num_classes, z=z)
 
 
+def beats(acc: float, reference: float, n: int, *, z: float = 3.0) -> bool:
+    """Whether accuracy ``acc`` exceeds a ``reference`` accuracy measured on the same ``n``
+    test images (a baseline's) by more than ``z`` binomial standard errors of the reference."""
+    if n < 1 or not 0 <= reference <= 1:
+        raise ValueError(f"need n >= 1 test images and a reference in [0, 1], got {n}, {reference}")
+    return acc > reference + z * (reference * (1 - reference) / n) ** 0.5
+
+
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of every tensor in ``module.state_dict()`` (parameters and buffers), to
     compare with :func:`changed` after training."""
