@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import validate
+
 TEST_SPLIT_SEED = 0  # fixed: carved test sets never depend on the training seed
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
@@ -123,6 +125,24 @@ class DatasetSplits:
         return (f"DatasetSplits({self.name!r}: train={len(self.train)}, val={len(self.val)}, "
                 f"test={len(self.test)}, images {c}x{h}x{w} uint8, "
                 f"{self.num_classes} classes, source={self.source!r})")
+
+
+
+def check_split(name: str, value, *, fit_hint: bool = True):
+    """``value`` if it is a non-empty :class:`vplib.data.Split` with integer labels."""
+    if isinstance(value, DatasetSplits):
+        raise TypeError(f"{name} must be one split, got the whole dataset ({value.name!r}); "
+                        + ("pass data.train and data.val" if fit_hint else "pass data.test"))
+    if not isinstance(value, Split):
+        raise TypeError(f"{name} must be a vplib.data.Split (uint8 images and labels), got a "
+                        f"{type(value).__name__}; wrap tensors as vplib.data.Split(images, labels)")
+    if len(value) == 0:
+        raise ValueError(f"{name} is empty: 0 images. Check max_train / max_eval and the "
+                         "dataset's caps (vplib.load_dataset)")
+    if value.labels.dtype != torch.int64:
+        raise TypeError(f"{name}.labels must be integer class indices (torch.int64), got "
+                        f"{value.labels.dtype}: pass labels.long()")
+    return value
 
 
 # --------------------------------------------------------------------------- raw sources
@@ -333,8 +353,6 @@ def load_dataset(name: str, *, size: int | None = None, rgb: bool = False,
         DatasetUnavailable: the dataset is not installed and cannot be downloaded; the message
             names the install command.
     """
-    from . import validate
-
     if not isinstance(name, str):
         raise TypeError(f"name must be a dataset name (str), got {type(name).__name__}")
     size = validate.positive_int("size", size, allow_none=True)

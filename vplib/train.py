@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm  # first imported, without its Jupyter warning, by vplib/__init__
 
 from . import validate
-from .data import Split, convert
+from .data import Split, check_split, convert
 from .measure import saved_for_backward_bytes  # noqa: F401  (re-exported: vplib.train.saved_for_backward_bytes)
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
@@ -420,7 +420,7 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH,
              device: torch.device | str | None = None) -> dict[str, float]:
     """Cross-entropy ``loss`` and top-1 ``acc`` of ``model`` on ``split`` (eval mode), where
     the model is (see :func:`predict`)."""
-    split = validate.split("split", split, fit_hint=False)
+    split = check_split("split", split, fit_hint=False)
     if getattr(model, "num_classes", None) is not None:
         validate.labels_in_range("split", split.labels, model.num_classes)
     logits = predict(model, split, batch_size=batch_size, device=device)
@@ -486,7 +486,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float = 
     label_smoothing = validate.number("label_smoothing", label_smoothing, low=0, high=1,
                                       high_open=True)
     patience = validate.positive_int("patience", patience, allow_none=True)
-    train, val = validate.split("train", train), validate.split("val", val)
+    train, val = check_split("train", train), check_split("val", val)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (the folder of the run's last.pt)")
     if schedule not in SCHEDULES:

@@ -50,25 +50,6 @@ def fraction(name: str, value) -> float:
     return number(name, value, low=0, high=1, low_open=True, high_open=True)
 
 
-def split(name: str, value, *, fit_hint: bool = True):
-    """``value`` if it is a non-empty :class:`vplib.data.Split` with integer labels."""
-    from .data import DatasetSplits, Split
-
-    if isinstance(value, DatasetSplits):
-        raise TypeError(f"{name} must be one split, got the whole dataset ({value.name!r}); "
-                        + ("pass data.train and data.val" if fit_hint else "pass data.test"))
-    if not isinstance(value, Split):
-        raise TypeError(f"{name} must be a vplib.data.Split (uint8 images and labels), got a "
-                        f"{type(value).__name__}; wrap tensors as vplib.data.Split(images, labels)")
-    if len(value) == 0:
-        raise ValueError(f"{name} is empty: 0 images. Check max_train / max_eval and the "
-                         "dataset's caps (vplib.load_dataset)")
-    if value.labels.dtype != torch.int64:
-        raise TypeError(f"{name}.labels must be integer class indices (torch.int64), got "
-                        f"{value.labels.dtype}: pass labels.long()")
-    return value
-
-
 def labels_in_range(name: str, labels: torch.Tensor, num_classes: int) -> None:
     """Every label in ``0 .. num_classes - 1``."""
     low, high = int(labels.min()), int(labels.max())
