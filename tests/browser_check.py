@@ -50,11 +50,14 @@ MEASURE_JS = """
       .trim().replace(/\\s+/g, ' ').slice(0, 70);
     return `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''} "${text}"`;
   };
+  // a folded cell's content is laid out (and measured) by Chromium though a reader sees only
+  // its toggle until they open it
+  const folded = (el) => el.closest('details:not([open])') !== null;
   const wide = [];
   const selector = 'table, img, figure, pre, div.cell_output, div.output';
   for (const el of article.querySelectorAll(selector)) {
     const box = el.getBoundingClientRect();
-    if (box.width === 0) continue;
+    if (box.width === 0 || folded(el)) continue;
     const overflowRight = box.right - col.right;
     const scrolls = el.scrollWidth - el.clientWidth;
     if (overflowRight > 1 || scrolls > 1) {
@@ -78,7 +81,17 @@ MEASURE_JS = """
   prose.style.position = 'absolute'; prose.style.left = '-10000px';
   const text = prose.innerText;
   prose.remove();
-  return {wide, cut, broken, text};
+  // how much of the page is code and its output (a folded cell counts only its toggle)
+  const height = (els) => [...els].reduce((h, el) => h + el.getBoundingClientRect().height, 0);
+  const blocks = [...article.querySelectorAll('div.cell div.cell_input, div.cell div.cell_output')]
+    .filter(el => !folded(el));
+  blocks.push(...article.querySelectorAll('div.cell details:not([open]) > summary'));
+  for (const el of article.querySelectorAll('div[class*="highlight-"]')) {
+    if (!el.closest('div.cell')) blocks.push(el);  // a code block in the prose
+  }
+  const code = height(blocks);
+  const share = code / article.getBoundingClientRect().height;
+  return {wide, cut, broken, text, share};
 }
 """
 
@@ -114,6 +127,7 @@ def check_page(page, url: str) -> list[str]:
     page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
     page.wait_for_timeout(200)
     found = page.evaluate(MEASURE_JS)
+    page.code_share = found["share"]
     problems = list(dict.fromkeys(messages))
     problems += [f"wider than the column: {w}" for w in found["wide"]]
     problems += [f"display equation cut off: {c}" for c in found["cut"]]
@@ -160,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_timeout(300)
                 page.screenshot(path=args.screenshots / f"{stem}__400.png", full_page=True)
             context.close()
-            print(f"{'ok  ' if not problems else 'FAIL'} {rel}")
+            print(f"{'ok  ' if not problems else 'FAIL'} {rel}  (code and output: "
+                  f"{page.code_share:.0%} of the page's height)")
             if problems:
                 failures[rel] = problems
         browser.close()
