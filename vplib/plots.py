@@ -1,10 +1,15 @@
 """One figure style for the whole course, and the plots the chapters share.
 
-Figures have an opaque white background so they stay readable in the book's dark theme.
+Figures have an opaque white background so they stay readable in the book's dark theme. Every
+figure a notebook shows fits the book's text column: at most :data:`MAX_WIDTH` inches wide
+(768 px at :data:`DPI`), text at least :data:`MIN_FONT` pt at that size, drawn at twice the
+resolution for sharp screens (:func:`fit_to_page`, applied by :func:`set_style`'s display
+hook). Each method has one colour across the book (:data:`METHOD_COLOURS`).
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -13,18 +18,100 @@ import torch
 
 PALETTE = ["#3b6ea8", "#e07b39", "#4f9d69", "#c44e52", "#8172b3", "#937860", "#da8bc3",
            "#8c8c8c"]
+# One colour per method in every chapter's figures (the baselines in greys and browns).
+METHOD_COLOURS = {
+    "pixels": "#4d4d4d", "linear": "#8c8c8c", "bias": "#937860", "full": "#222222",
+    "vp-pad": "#3b6ea8", "vp-fixed": "#6f9bd1", "vp-random": "#a9c4e4",
+    "vpt-shallow": "#7fbf8e", "vpt-deep": "#2e7d4a", "msvp": "#da8bc3", "insvp": "#8172b3",
+    "ap": "#c44e52",
+}
+MAX_WIDTH = 8.0   # inches: the book's text column at DPI
+MIN_FONT = 10.0   # points, at the displayed size
+DPI = 96          # CSS pixels per inch: a figure is shown at its size in inches
+
+
+def method_colour(method: str) -> str:
+    """The book's colour for ``method`` (a key of :data:`METHOD_COLOURS`)."""
+    try:
+        return METHOD_COLOURS[method]
+    except KeyError:
+        raise KeyError(f"no colour for method {method!r}; add it to vplib.plots.METHOD_COLOURS "
+                       f"(known: {', '.join(METHOD_COLOURS)})") from None
 
 
 def set_style() -> None:
-    """Apply the course style to matplotlib (called by ``vplib.setup``)."""
+    """Apply the course style to matplotlib (called by ``vplib.setup``) and, in a notebook,
+    show every figure through :func:`fit_to_page` at twice the resolution."""
     import seaborn as sns
 
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
     plt.rcParams.update({
         "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
-        "figure.dpi": 110, "axes.titleweight": "bold", "axes.spines.top": False,
-        "axes.spines.right": False,
+        "figure.dpi": DPI, "axes.titleweight": "bold", "axes.spines.top": False,
+        "axes.spines.right": False, "font.size": 11, "axes.titlesize": 12,
+        "axes.labelsize": 11, "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT,
+        "legend.fontsize": MIN_FONT, "legend.title_fontsize": MIN_FONT,
+        "figure.titlesize": 12,
     })
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        from matplotlib.figure import Figure
+        # matplotlib loads its backend (and the inline backend registers its own PNG
+        # formatter) at the first figure: make that happen now, then replace the formatter
+        plt.close(plt.figure())
+        shell.display_formatter.formatters["image/png"].for_type(Figure, page_png)
+
+
+def fit_to_page(fig) -> bool:
+    """Make ``fig`` fit the book's column: wider than :data:`MAX_WIDTH` inches, it is scaled
+    down to that width (aspect kept); any text below :data:`MIN_FONT` pt is raised to it.
+    When either changed the figure and no layout engine manages it, the layout is redone.
+    Returns whether anything changed."""
+    import warnings
+
+    from matplotlib.text import Text
+
+    changed = False
+    width, height = fig.get_size_inches()
+    if width > MAX_WIDTH + 1e-6:
+        fig.set_size_inches(MAX_WIDTH, height * MAX_WIDTH / width)
+        changed = True
+    for text in fig.findobj(Text):
+        if text.get_text() and text.get_fontsize() < MIN_FONT:
+            text.set_fontsize(MIN_FONT)
+            changed = True
+    if changed and fig.get_layout_engine() is None and not fig.legends:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "not compatible with tight_layout" for odd axes
+            fig.tight_layout()
+    return changed
+
+
+def page_png(fig):
+    """A notebook's PNG of ``fig``: fitted to the page (:func:`fit_to_page`), rendered at
+    2 x :data:`DPI` and shown at its size in inches (``width``/``height`` metadata)."""
+    import io
+
+    fit_to_page(fig)
+    buffer = io.BytesIO()
+    fig.canvas.print_figure(buffer, format="png", dpi=2 * DPI, bbox_inches="tight",
+                            facecolor="white")
+    data = buffer.getvalue()
+    w, h = _png_size(data)
+    # shown at its size, or scaled to the column if what it draws spills past the figure
+    scale = min(0.5, MAX_WIDTH * DPI / w)
+    return data, {"width": round(w * scale), "height": round(h * scale)}
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's header."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:
@@ -42,17 +129,16 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
     n = len(images)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             img = to_image(images[i])
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             if titles is not None:
-                ax.set_title(titles[i], fontsize=8, fontweight="normal")
+                ax.set_title(titles[i], fontsize=10, fontweight="normal")
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
@@ -107,7 +193,7 @@ def vpt_sequence_figure(depth: int, n_patches: int):
     kinds = ["cls", "prompt", "prompt", "prompt", "patch", "patch", None, "patch"]
     centres = [i * (w + gap) + w / 2 for i in range(len(kinds))]
     right = centres[-1] + w / 2
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6.6))
 
     for ax, deep in zip(axes, (False, True)):
         def row(y, labels, prompt_kind, ax=ax):
@@ -124,7 +210,7 @@ def vpt_sequence_figure(depth: int, n_patches: int):
         def block(y, label, ax=ax):
             ax.add_patch(FancyBboxPatch((0, y), right, 0.42, boxstyle="round,pad=0.02",
                                         facecolor="#f0f0f0", edgecolor="#777", lw=0.8))
-            ax.text(right / 2, y + 0.21, label, ha="center", va="center", fontsize=9)
+            ax.text(right / 2, y + 0.21, label, ha="center", va="center", fontsize=10)
 
         def arrows(y_top, y_bottom, crossed=(), ax=ax):
             for i, (x, kind) in enumerate(zip(centres, kinds)):
@@ -151,14 +237,14 @@ def vpt_sequence_figure(depth: int, n_patches: int):
                 "fresh learnable $P_1$ enter" if deep else
                 "block 1's outputs at the prompt\npositions ($Z_1$) are carried on;\n"
                 "nothing new is learned here")
-        ax.text(right + 0.3, 1.5, note, fontsize=8.5, va="center",
+        ax.text(right + 0.3, 1.5, note, fontsize=10.5, va="center",
                 color="#a23b1f" if deep else "#7a4a1f")
         for y, label in [(3.5, "input to\nblock 1"), (1.5, "input to\nblock 2")]:
-            ax.text(-0.3, y, label, ha="right", va="center", fontsize=9)
+            ax.text(-0.3, y, label, ha="right", va="center", fontsize=10)
         patches = f"{n_patches} patch tokens (+ position)"
         for x, label in [(centres[0], "class"), (centres[2], "L prompt tokens"),
                          ((centres[4] + centres[-1]) / 2, patches)]:
-            ax.text(x, 3.95, label, ha="center", fontsize=8.5)
+            ax.text(x, 3.95, label, ha="center", fontsize=10.5)
         ax.set_xlim(-1.5, right + 3.0)
         ax.set_ylim(0.3, 4.25)
         ax.set_axis_off()
@@ -169,25 +255,24 @@ def vpt_sequence_figure(depth: int, n_patches: int):
 
 
 def photo_predictions(photos: dict, predictions: Sequence, *, k: int = 3, ncols: int = 4,
-                      cell: tuple[float, float] = (3.25, 3.6), suptitle: str | None = None):
+                      cell: tuple[float, float] = (2.0, 2.3), suptitle: str | None = None):
     """Photos (``{title: (H, W, 3) array}``) in a grid, each with its top-``k`` predictions
     printed in a box at its bottom left: ``predictions[i]`` is a list of ``(class name,
     probability)``, best first, for the ``i``-th photo. ``cell``: inches per photo (width,
     height). Returns the figure."""
     nrows = int(np.ceil(len(photos) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, img), preds in zip(axes.flat, photos.items(), predictions):
         ax.imshow(img)
         ax.set_title(title, fontsize=10)
         text = "\n".join(f"{p:5.1%}  {c}" for c, p in preds[:k])
-        ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=8, family="monospace",
+        ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=10, family="monospace",
                 va="bottom", bbox=dict(facecolor="white", alpha=0.85, edgecolor="none"))
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
@@ -208,7 +293,7 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
     params = sweep.pivot(index="length", columns="method", values="trainable_params")
     styles = {"vpt-shallow": ("#3b6ea8", "o"), "vpt-deep": ("#e07b39", "s")}
     colours = {"linear": "#8c8c8c", "vp-pad": "#4f9d69", **{m: c for m, (c, _) in styles.items()}}
-    fig, (ax, ax_params) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax, ax_params) = plt.subplots(1, 2, figsize=(8, 4.2))
     for method, (colour, marker) in styles.items():
         part = sweep[sweep.method == method]
         ax.errorbar(part.length, 100 * part.test_acc, yerr=100 * part.se, color=colour,
@@ -218,11 +303,11 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
     ax.set_xscale("log")
     ax.set_xticks(params.index, [f"{int(n)}\n{params.loc[n, 'vpt-shallow'] / 1000:.1f}k · "
                                  f"{params.loc[n, 'vpt-deep'] / 1000:.1f}k" for n in params.index],
-                  fontsize=9)
+                  fontsize=10)
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("prompt length L (below it: trainable parameters, shallow · deep)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(frameon=False, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    ax.legend(frameon=False, fontsize=10, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     ax.set_title(f"{'MNIST-5k' if dataset == 'mnist' else dataset}: prompt length sweep")
 
     names = [dataset] + [d for d in runs.dataset.unique() if d != dataset]
@@ -232,7 +317,7 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
                           color=part.method.map(colours), zorder=3)
         for _, row in part[part.length.notna()].iterrows():
             ax_params.annotate(f"L={int(row.length)}", (row.trainable_params, 100 * row.test_acc),
-                               xytext=(5, 3), textcoords="offset points", fontsize=7, color="#555")
+                               xytext=(5, 3), textcoords="offset points", fontsize=10, color="#555")
         ax_params.scatter([], [], color="k", marker=marker, label=name)
     for method, name in [("linear", "linear probe"), ("vp-pad", "VP (pad)"),
                          ("vpt-shallow", "VPT-shallow"), ("vpt-deep", "VPT-deep")]:
@@ -244,7 +329,7 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
     ax_params.xaxis.set_minor_formatter(NullFormatter())
     ax_params.set_xlabel("trainable parameters (log scale)")
     ax_params.set_ylabel("test accuracy (%)")
-    ax_params.legend(frameon=False, fontsize=8, ncol=3, loc="upper center",
+    ax_params.legend(frameon=False, fontsize=10, ncol=3, loc="upper center",
                      bbox_to_anchor=(0.5, -0.2))
     ax_params.set_title("Accuracy against trainable parameters")
     fig.suptitle(f"Committed grid: standard profile, {runs.epochs.iloc[0]} epochs, one seed "
@@ -255,17 +340,18 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
 
 def value_heatmaps(panels: dict, columns: Sequence, rows: Sequence, *, xlabel: str = "",
                    label: str = "", suptitle: str | None = None, vmin: float = 0.0,
-                   vmax: float = 1.0, light_from: float = 0.6, figsize=(12, 4.2)):
+                   vmax: float = 1.0, light_from: float = 0.6, figsize=(8, 3.4)):
     """Annotated heatmaps side by side, one per ``{title: (len(rows), len(columns)) array}``
     (a tensor or array), sharing the y axis and one colour bar (``label``, from ``vmin`` to
     ``vmax``). Every cell prints its value with two decimals, in black on cells at or above
     ``light_from`` and in white below. Returns the figure."""
-    fig, axes = plt.subplots(1, len(panels), figsize=figsize, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, (title, values) in zip(axes[0], panels.items()):
         values = np.asarray(values, dtype=float)
         im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=10,
                     color="white" if v < light_from else "black")
         ax.set_xticks(range(len(columns)), [str(c) for c in columns])
         ax.set_yticks(range(len(rows)), [str(r) for r in rows])
@@ -281,25 +367,27 @@ def value_heatmaps(panels: dict, columns: Sequence, rows: Sequence, *, xlabel: s
 def accuracy_bars(frame, *, label: str = "setting", value: str = "test_acc", note=None,
                   panel: str | None = None, chance: float | None = None,
                   xlabel: str = "test accuracy (%)", suptitle: str | None = None,
-                  figsize=(11, 3.6)):
+                  figsize=(8, 3.4)):
     """Horizontal bars of ``frame[value]`` (fractions, drawn in percent), one per row in the
     frame's order from the top, labelled with ``frame[label]``. Each bar carries its value
     (``"93.2%"``) and, when ``note`` (a function of the row) is given, ``" · " + note(row)``
-    at its end. ``panel``: a column; one subplot per value of it (first-seen order), titled
+    at its end. Bars take the method's colour (:data:`METHOD_COLOURS`) when the frame has a
+    ``method`` column. ``panel``: a column; one subplot per value of it (first-seen order), titled
     with the value. ``chance``: a dashed line at that fraction. Returns the figure."""
     groups = ([(None, frame)] if panel is None
               else [(k, frame[frame[panel] == k]) for k in frame[panel].unique()])
     fig, axes = plt.subplots(1, len(groups), figsize=figsize, squeeze=False)
     for ax, (title, sub) in zip(axes[0], groups):
-        bars = ax.barh([str(s) for s in sub[label]], 100 * sub[value],
-                       color=[PALETTE[i % len(PALETTE)] for i in range(len(sub))])
+        colours = ([method_colour(m) for m in sub["method"]] if "method" in sub
+                   else [PALETTE[i % len(PALETTE)] for i in range(len(sub))])
+        bars = ax.barh([str(s) for s in sub[label]], 100 * sub[value], color=colours)
         for bar, (_, row) in zip(bars, sub.iterrows()):
             text = f"{row[value]:.1%}" + (f" · {note(row)}" if note is not None else "")
             ax.text(bar.get_width() - 1, bar.get_y() + bar.get_height() / 2, text,
-                    va="center", ha="right", color="white", fontsize=9, fontweight="bold")
+                    va="center", ha="right", color="white", fontsize=10, fontweight="bold")
         if chance is not None:
             ax.axvline(100 * chance, color="gray", ls="--", lw=1)
-            ax.text(100 * chance + 0.5, -0.45, "chance", color="gray", fontsize=8)
+            ax.text(100 * chance + 0.5, -0.45, "chance", color="gray", fontsize=10)
         ax.set_xlim(0, 100)
         ax.set_xlabel(xlabel)
         if title is not None:
@@ -362,7 +450,7 @@ def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, dataset
 
     markers = dict(zip(datasets, "os^Dv"))
     filled = next(iter(datasets))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.8), sharex=True,
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 5.6), sharex=True,
                              squeeze=False)
     for ax, (backbone, panel_title) in zip(axes.flat, panels.items()):
         part = summary[summary.backbone == backbone]
@@ -377,11 +465,11 @@ def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, dataset
         ax.grid(True, which="major", alpha=0.6)
         ax.grid(True, which="minor", axis="x", alpha=0.2)
         ax.set_title(panel_title)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(textwrap.fill(xlabel, 36))
         linear = part[part.method == "linear"]
         if note and len(linear):
             ax.annotate(note, (linear[x].min(), 100 * linear.test_acc_mean.min()),
-                        xytext=(0, -28), textcoords="offset points", fontsize=8,
+                        xytext=(0, -28), textcoords="offset points", fontsize=10,
                         color=colours["linear"])
     axes.flat[0].set_ylabel("test accuracy (%), mean ± sd over seeds")
     methods = [Line2D([], [], color=colours[m], marker="o", ls="", label=label)
@@ -389,11 +477,11 @@ def accuracy_against_cost(summary, x: str, *, panels: dict, names: dict, dataset
     keys = [Line2D([], [], color="#444444", marker=markers[ds], ls="",
                    mfc="#444444" if ds == filled else "white", label=label)
             for ds, label in datasets.items()]
-    fig.legend(handles=methods, frameon=False, fontsize=8, ncol=5, loc="lower center",
-               bbox_to_anchor=(0.5, 0.05))
-    fig.legend(handles=keys, frameon=False, fontsize=8, ncol=len(keys), loc="lower center")
+    fig.legend(handles=methods, frameon=False, fontsize=10, ncol=3, loc="lower center",
+               bbox_to_anchor=(0.5, 0.06))
+    fig.legend(handles=keys, frameon=False, fontsize=10, ncol=len(keys), loc="lower center")
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.tight_layout(rect=(0, 0.25, 1, 1))
     return fig
 
 
@@ -417,7 +505,7 @@ def image_rows(rows: dict, *, signed: Sequence[str] = (), row_scale: bool = True
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-        ax_row[0].set_ylabel(title, fontsize=9, rotation=0, ha="right", va="center")
+        ax_row[0].set_ylabel(title, fontsize=10, rotation=0, ha="right", va="center")
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
@@ -437,8 +525,8 @@ def token_heatmaps(tokens: torch.Tensor, titles: Sequence[str], *, suptitle: str
     for ax, t, title in zip(axes[0], tokens, titles):
         ax.imshow(t.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto",
                   interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("channel (of D)", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("channel (of D)", fontsize=10)
         ax.set_yticks(range(0, t.shape[0], 2))
         ax.grid(False)
     axes[0, 0].set_ylabel("token")
@@ -460,7 +548,7 @@ def sweep_panels(sweeps, defaults: dict, labels: dict, *, log: Sequence[str] = (
     label, in panel order. Settings in ``log`` get a log x-axis. Returns the figure.
     """
     nrows = -(-len(labels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(11 / 3 * ncols, 3.0 * nrows), sharey=True,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(8 / 3 * ncols, 2.6 * nrows), sharey=True,
                              squeeze=False)
     for ax in axes.flat[len(labels):]:
         ax.axis("off")
@@ -474,7 +562,7 @@ def sweep_panels(sweeps, defaults: dict, labels: dict, *, log: Sequence[str] = (
             ax.set_xscale("log")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    axes[0, 0].legend(frameon=False, fontsize=8)
+    axes[0, 0].legend(frameon=False, fontsize=10)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
@@ -496,7 +584,7 @@ def labelled_points(points, *, x: str, panels: dict, panel: str = "dataset",
     red squares. Returns the figure.
     """
     names = names or {}
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), sharey=True,
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True,
                              squeeze=False)
     for ax, (value, title) in zip(axes[0], panels.items()):
         for r in points[points[panel] == value].itertuples():
@@ -505,7 +593,7 @@ def labelled_points(points, *, x: str, panels: dict, panel: str = "dataset",
                         capsize=3, marker="o" if marked else "s",
                         color=PALETTE[0] if marked else PALETTE[3])
             text = getattr(r, label)
-            ax.annotate(names.get(text, text), (getattr(r, x), 100 * r.mean), fontsize=8,
+            ax.annotate(names.get(text, text), (getattr(r, x), 100 * r.mean), fontsize=10,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
@@ -519,7 +607,7 @@ def labelled_points(points, *, x: str, panels: dict, panel: str = "dataset",
 
 
 def panel_grid(rows: dict, *, titles: Sequence[str] | None = None, size: float = 1.8,
-               suptitle: str | None = None, fontsize: float = 9, heat_cmap: str = "jet",
+               suptitle: str | None = None, fontsize: float = 10, heat_cmap: str = "jet",
                alpha: float = 0.5):
     """A grid of image panels, one row per entry of ``rows`` (``{row label: panels}``, the
     label written left of the row) and ``titles`` over the top row's columns; ``size``: inches
@@ -577,7 +665,7 @@ def embedding_panels(points: dict, labels, class_names: Sequence[str], *,
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, -1].legend(loc="center left", bbox_to_anchor=(1, 0.5), frameon=False, markerscale=2,
-                       fontsize=8)
+                       fontsize=10)
     if suptitle:
         fig.suptitle(suptitle, y=1.02)
     fig.tight_layout()
@@ -601,7 +689,7 @@ def msvp_maps_figure(models: dict):
             ax.axis("off")
         for ax, (name, m) in zip(axes_row, maps.items()):
             ax.imshow(signed_image(m))
-            ax.set_title(f"{label}: {name}\n|max| = {m.abs().max():.3f}", fontsize=9)
+            ax.set_title(f"{label}: {name}\n|max| = {m.abs().max():.3f}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -639,7 +727,7 @@ def cost_curves(costs, labels: dict, *, title: str | None = None):
     ``forward ms``. ``labels`` maps a backbone to its legend label, in drawing order (colours
     follow :data:`PALETTE`). Returns the figure.
     """
-    fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(8, 3.8))
     for colour, (backbone, label) in zip(PALETTE, labels.items()):
         part = costs[costs.backbone == backbone]
         ap, vp = part[part.layer != "input"], part[part.layer == "input"].iloc[0]
@@ -655,7 +743,7 @@ def cost_curves(costs, labels: dict, *, title: str | None = None):
         ax.set_ylabel(ylabel)
         ax.set_title(axis_title)
         ax.set_ylim(bottom=0)
-    fig.legend(*ax_time.get_legend_handles_labels(), frameon=False, fontsize=8, ncol=3,
+    fig.legend(*ax_time.get_legend_handles_labels(), frameon=False, fontsize=10, ncol=3,
                loc="lower center")
     if title:
         fig.suptitle(title)
@@ -676,7 +764,7 @@ def layer_sweep(sweep, baselines: dict, *, panels: dict, labels: dict,
     backbone to its legend name, in drawing order (colours follow :data:`PALETTE`). Returns
     the figure.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.4), sharey=True,
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.0), sharey=True,
                              squeeze=False)
     for ax, (dataset, panel_title) in zip(axes[0], panels.items()):
         for colour, marker, (backbone, name) in zip(PALETTE, "os^D", labels.items()):
@@ -700,7 +788,7 @@ def layer_sweep(sweep, baselines: dict, *, panels: dict, labels: dict,
                       "(k = 1 is the first block; 0 is the input: VP)")
         ax.set_title(panel_title)
     axes[0, 0].set_ylabel("test accuracy (%)")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), frameon=False, fontsize=8, ncol=3,
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), frameon=False, fontsize=10, ncol=3,
                loc="lower center")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -732,7 +820,7 @@ def line_panels(panels: dict, *, xlabel: str = "epoch", ylabel: str | None = Non
         ax.set_xlabel(xlabel)
     if ylabel:
         axes[0, 0].set_ylabel(ylabel)
-    axes[0, 0].legend(frameon=False, fontsize=8)
+    axes[0, 0].legend(frameon=False, fontsize=10)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
