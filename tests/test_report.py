@@ -21,6 +21,7 @@ def test_status_table_lists_only_standard_runs(tmp_path, monkeypatch):
     save_results("98_demo", {}, started=time.perf_counter(), results_dir=tmp_path)
     table = status_table(tmp_path)
     assert "98_demo" in table and "99_quick_only" not in table
+    assert "[98_demo](../notebooks/98_demo.ipynb)" in table  # each chapter links to its page
     page = tmp_path / "status.md"
     page.write_text("intro\n<!-- status-table:begin -->\nold\n<!-- status-table:end -->\nend\n")
     write_status_page(page, tmp_path)

@@ -162,7 +162,8 @@ def save_benchmark(name: str, rows: list[dict],
 
 
 def status_table(results_dir: str | os.PathLike | None = None) -> str:
-    """A Markdown table of every standard-profile chapter run found in ``results_dir``."""
+    """A Markdown table of every standard-profile chapter run found in ``results_dir``, each
+    chapter linked to its page (the table lives in ``book/status.md``)."""
     folder = Path(results_dir) if results_dir is not None else COMMITTED_DIR
     rows = ["| chapter | date | runtime | device | torch | timm |",
             "|---|---|---|---|---|---|"]
@@ -173,7 +174,8 @@ def status_table(results_dir: str | os.PathLike | None = None) -> str:
         if "chapter" not in rec:
             continue  # benchmarks, training histories: not chapter runs
         env = rec["environment"]
-        rows.append(f"| {rec['chapter']} | {rec['date']} | {rec['runtime_s']:.0f} s | "
+        chapter = f"[{rec['chapter']}](../notebooks/{rec['chapter']}.ipynb)"  # from book/status.md
+        rows.append(f"| {chapter} | {rec['date']} | {rec['runtime_s']:.0f} s | "
                     f"{env['device']} | {env['torch']} | {env['timm']} |")
     return "\n".join(rows)
 
