@@ -73,10 +73,12 @@ MEASURE_JS = """
   }
   const broken = [...document.images].filter(i => i.complete && i.naturalWidth === 0)
     .map(i => i.getAttribute('src'));
-  // the text a reader is told: prose and outputs, not code (where `np.nan` is fine)
+  // the text a reader is told: prose and outputs, not code (where `np.nan` is fine) nor the
+  // API reference
   const prose = article.cloneNode(true);
   for (const el of prose.querySelectorAll('.cell_input, div[class*="highlight-python"], '
-      + 'div[class*="highlight-ipython"], div[class*="highlight-bash"], code')) el.remove();
+      + 'div[class*="highlight-ipython"], div[class*="highlight-bash"], code, '
+      + 'dl.py')) el.remove();  // dl.py: the API reference, whose docstrings may say "NaN"
   document.body.appendChild(prose);
   prose.style.position = 'absolute'; prose.style.left = '-10000px';
   const text = prose.innerText;
@@ -90,8 +92,9 @@ MEASURE_JS = """
     if (!el.closest('div.cell')) blocks.push(el);  // a code block in the prose
   }
   const code = height(blocks);
-  const share = code / article.getBoundingClientRect().height;
-  return {wide, cut, broken, text, share};
+  const inputs = blocks.filter(el => !el.matches('div.cell_output'));
+  const total = article.getBoundingClientRect().height;
+  return {wide, cut, broken, text, share: code / total, codeShare: height(inputs) / total};
 }
 """
 
@@ -127,7 +130,7 @@ def check_page(page, url: str) -> list[str]:
     page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
     page.wait_for_timeout(200)
     found = page.evaluate(MEASURE_JS)
-    page.code_share = found["share"]
+    page.code_share, page.input_share = found["share"], found["codeShare"]
     problems = list(dict.fromkeys(messages))
     problems += [f"wider than the column: {w}" for w in found["wide"]]
     problems += [f"display equation cut off: {c}" for c in found["cut"]]
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=args.screenshots / f"{stem}__400.png", full_page=True)
             context.close()
             print(f"{'ok  ' if not problems else 'FAIL'} {rel}  (code and output: "
-                  f"{page.code_share:.0%} of the page's height)")
+                  f"{page.code_share:.0%} of the page's height; code alone: {page.input_share:.0%})")
             if problems:
                 failures[rel] = problems
         browser.close()
