@@ -39,6 +39,35 @@ TEXT_PATTERNS = {
     "warning text": re.compile(r"\b\w*Warning\b(?!s)|Warning:"),
     "absolute local path": re.compile(r"(?<![\w.:/])/(?:work|home|root|tmp|usr|opt|content|mnt)/[\w.-]+"),
 }
+# Runs first, with the page as a reader first sees it: the share of the article's height taken
+# by code and outputs, and by code alone (a folded cell counts only its toggle; Chromium lays
+# out a folded cell's content though nobody sees it until they open it).
+SHARE_JS = """
+() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  const folded = (el) => el.closest('details:not([open]), .admonition.toggle-hidden') !== null;
+  // how much of the page is code and its output (a folded cell counts only its toggle)
+  const height = (els) => [...els].reduce((h, el) => h + el.getBoundingClientRect().height, 0);
+  const blocks = [...article.querySelectorAll('div.cell div.cell_input, div.cell div.cell_output')]
+    .filter(el => !folded(el));
+  blocks.push(...article.querySelectorAll('div.cell details:not([open]) > summary'));
+  for (const el of article.querySelectorAll('div[class*="highlight-"]')) {
+    if (!el.closest('div.cell') && !folded(el)) blocks.push(el);  // a code block in the prose
+  }
+  const code = height(blocks);
+  const inputs = blocks.filter(el => !el.matches('div.cell_output'));
+  const total = article.getBoundingClientRect().height;
+  return {share: code / total, codeShare: height(inputs) / total};
+}
+"""
+# Then every fold is opened (cells, solutions), so the checks below cover what a reader can
+# unfold as well as what they see first.
+OPEN_JS = """
+() => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+}
+"""
 # Runs in the page: every element wider than the article column, every display equation cut
 # off, every image that failed to load.
 MEASURE_JS = """
@@ -50,14 +79,11 @@ MEASURE_JS = """
       .trim().replace(/\\s+/g, ' ').slice(0, 70);
     return `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''} "${text}"`;
   };
-  // a folded cell's content is laid out (and measured) by Chromium though a reader sees only
-  // its toggle until they open it
-  const folded = (el) => el.closest('details:not([open])') !== null;
   const wide = [];
   const selector = 'table, img, figure, pre, div.cell_output, div.output';
   for (const el of article.querySelectorAll(selector)) {
     const box = el.getBoundingClientRect();
-    if (box.width === 0 || folded(el)) continue;
+    if (box.width === 0) continue;
     const overflowRight = box.right - col.right;
     const scrolls = el.scrollWidth - el.clientWidth;
     if (overflowRight > 1 || scrolls > 1) {
@@ -83,18 +109,7 @@ MEASURE_JS = """
   prose.style.position = 'absolute'; prose.style.left = '-10000px';
   const text = prose.innerText;
   prose.remove();
-  // how much of the page is code and its output (a folded cell counts only its toggle)
-  const height = (els) => [...els].reduce((h, el) => h + el.getBoundingClientRect().height, 0);
-  const blocks = [...article.querySelectorAll('div.cell div.cell_input, div.cell div.cell_output')]
-    .filter(el => !folded(el));
-  blocks.push(...article.querySelectorAll('div.cell details:not([open]) > summary'));
-  for (const el of article.querySelectorAll('div[class*="highlight-"]')) {
-    if (!el.closest('div.cell')) blocks.push(el);  // a code block in the prose
-  }
-  const code = height(blocks);
-  const inputs = blocks.filter(el => !el.matches('div.cell_output'));
-  const total = article.getBoundingClientRect().height;
-  return {wide, cut, broken, text, share: code / total, codeShare: height(inputs) / total};
+  return {wide, cut, broken, text};
 }
 """
 
@@ -129,8 +144,11 @@ def check_page(page, url: str) -> list[str]:
                            timeout=10_000)
     page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
     page.wait_for_timeout(200)
+    shares = page.evaluate(SHARE_JS)
+    page.code_share, page.input_share = shares["share"], shares["codeShare"]
+    page.evaluate(OPEN_JS)
+    page.wait_for_timeout(100)
     found = page.evaluate(MEASURE_JS)
-    page.code_share, page.input_share = found["share"], found["codeShare"]
     problems = list(dict.fromkeys(messages))
     problems += [f"wider than the column: {w}" for w in found["wide"]]
     problems += [f"display equation cut off: {c}" for c in found["cut"]]
