@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             context = browser.new_context(viewport=DESKTOP)
             page = context.new_page()
             problems = check_page(page, base + rel)
-            if args.screenshots:
+            if args.screenshots:  # as a reader first sees it: folds closed again
+                page.reload(wait_until="load")
+                page.wait_for_timeout(500)
                 stem = rel.removesuffix(".html").replace("/", "__")
                 args.screenshots.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=args.screenshots / f"{stem}__1400.png", full_page=True)

@@ -279,8 +279,8 @@ def photo_predictions(photos: dict, predictions: Sequence, *, k: int = 3, ncols:
 def length_sweep_figure(runs, *, dataset: str = "mnist"):
     """Chapter 03's grid in two panels: test accuracy against prompt length on ``dataset``
     (VPT-shallow and VPT-deep with one-standard-error bars, the linear probe and VP as
-    horizontal lines; below each length, the trainable parameters of shallow · deep), and
-    accuracy against trainable parameters for every run of every dataset.
+    horizontal lines), and below it accuracy against trainable parameters for every run of
+    every dataset, in the methods' colours (:data:`METHOD_COLOURS`).
 
     ``runs``: a :func:`vplib.tables.records_frame` of the grid with ``length`` (the VPT
     prompt length, NaN for other methods), ``se`` (binomial standard error of ``test_acc``)
@@ -290,24 +290,23 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
     sweep = runs[runs.method.str.startswith("vpt") & (runs.dataset == dataset)]
     sweep = sweep.sort_values("length")
     reference = runs[(runs.dataset == dataset) & runs.method.isin(["linear", "vp-pad"])]
-    params = sweep.pivot(index="length", columns="method", values="trainable_params")
-    styles = {"vpt-shallow": ("#3b6ea8", "o"), "vpt-deep": ("#e07b39", "s")}
-    colours = {"linear": "#8c8c8c", "vp-pad": "#4f9d69", **{m: c for m, (c, _) in styles.items()}}
-    fig, (ax, ax_params) = plt.subplots(1, 2, figsize=(8, 4.2))
-    for method, (colour, marker) in styles.items():
+    styles = {"vpt-shallow": "o", "vpt-deep": "s"}
+    colours = {m: method_colour(m) for m in ("linear", "vp-pad", *styles)}
+    fig, (ax, ax_params) = plt.subplots(2, 1, figsize=(8, 8.4))
+    for method, marker in styles.items():
         part = sweep[sweep.method == method]
-        ax.errorbar(part.length, 100 * part.test_acc, yerr=100 * part.se, color=colour,
+        ax.errorbar(part.length, 100 * part.test_acc, yerr=100 * part.se, color=colours[method],
                     marker=marker, capsize=3, label=method)
     for (_, row), ls in zip(reference.iterrows(), ["--", "-."]):
-        ax.axhline(100 * row.test_acc, color=colours[row.method], ls=ls, lw=1, label=row.setting)
+        ax.axhline(100 * row.test_acc, color=colours[row.method], ls=ls, lw=1.2,
+                   label=row.setting)
+    lengths = sorted(sweep.length.unique())
     ax.set_xscale("log")
-    ax.set_xticks(params.index, [f"{int(n)}\n{params.loc[n, 'vpt-shallow'] / 1000:.1f}k · "
-                                 f"{params.loc[n, 'vpt-deep'] / 1000:.1f}k" for n in params.index],
-                  fontsize=10)
+    ax.set_xticks(lengths, [str(int(n)) for n in lengths])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("prompt length L (below it: trainable parameters, shallow · deep)")
+    ax.set_xlabel("prompt length L (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(frameon=False, fontsize=10, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    ax.legend(frameon=False, ncol=2, loc="lower right")
     ax.set_title(f"{'MNIST-5k' if dataset == 'mnist' else dataset}: prompt length sweep")
 
     names = [dataset] + [d for d in runs.dataset.unique() if d != dataset]
@@ -329,10 +328,9 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
     ax_params.xaxis.set_minor_formatter(NullFormatter())
     ax_params.set_xlabel("trainable parameters (log scale)")
     ax_params.set_ylabel("test accuracy (%)")
-    ax_params.legend(frameon=False, fontsize=10, ncol=3, loc="upper center",
-                     bbox_to_anchor=(0.5, -0.2))
-    ax_params.set_title("Accuracy against trainable parameters")
-    fig.suptitle(f"Committed grid: standard profile, {runs.epochs.iloc[0]} epochs, one seed "
+    ax_params.legend(frameon=False, ncol=1, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax_params.set_title("Accuracy against trainable parameters, every run")
+    fig.suptitle(f"Committed grid: standard profile, {runs.epochs.iloc[0]} epochs, one seed\n"
                  "(error bars: one binomial standard error)")
     fig.tight_layout()
     return fig
