@@ -387,10 +387,13 @@ def accuracy_bars(frame, *, label: str = "setting", value: str = "test_acc", not
             ax.axvline(100 * chance, color="gray", ls="--", lw=1)
             ax.text(100 * chance + 0.5, -0.45, "chance", color="gray", fontsize=10)
         ax.set_xlim(0, 100)
-        ax.set_xlabel(xlabel)
+        if len(groups) == 1:
+            ax.set_xlabel(xlabel)
         if title is not None:
             ax.set_title(str(title))
         ax.invert_yaxis()
+    if len(groups) > 1:  # one label for the shared axis, not one per panel
+        fig.supxlabel(xlabel, fontsize=MIN_FONT + 1)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
