@@ -9,6 +9,9 @@ opens each page at 1,400 px wide and reports, per page:
 - a table, figure, code block or output wider than the content column (it would be cut off or
   scroll sideways), and a display equation cut off at the column's edge;
 - "nan", warning text ("UserWarning", "Warning:") or an absolute local path in the page's text.
+Widths and text are checked with every fold opened (folded cells, solutions), so what a reader
+can unfold is covered too. Each page's line also gives the share of its height taken by code
+and outputs, and by code alone, as a reader first sees it (folds closed).
 With --screenshots, it also saves each page at 1,400 px and at 400 px (a phone) for a person
 to look at. Needs Chromium (Debian's ``chromium`` package) and Playwright (``pip install
 playwright``; it drives the system Chromium, it downloads no browser). `make browser` installs
@@ -134,7 +137,8 @@ def pages(root: Path) -> list[Path]:
     return [p for p in found if p.name not in {"index.html", "search.html", "genindex.html"}]
 
 
-def check_page(page, url: str) -> list[str]:
+def check_page(page, url: str) -> tuple[list[str], dict]:
+    """The problems a reader would see on ``url``, and the page's code shares (SHARE_JS)."""
     messages: list[str] = []
     page.on("console", lambda m: m.type == "error" and messages.append(f"console error: {m.text}"))
     page.on("pageerror", lambda e: messages.append(f"script error: {e}"))
@@ -145,7 +149,6 @@ def check_page(page, url: str) -> list[str]:
     page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
     page.wait_for_timeout(200)
     shares = page.evaluate(SHARE_JS)
-    page.code_share, page.input_share = shares["share"], shares["codeShare"]
     page.evaluate(OPEN_JS)
     page.wait_for_timeout(100)
     found = page.evaluate(MEASURE_JS)
@@ -158,7 +161,7 @@ def check_page(page, url: str) -> list[str]:
             start = max(match.start() - 40, 0)
             context = found["text"][start:match.end() + 40].replace("\n", " ")
             problems.append(f"{name} in the text: ...{context}...")
-    return problems
+    return problems, shares
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             rel = path.relative_to(site).as_posix()
             context = browser.new_context(viewport=DESKTOP)
             page = context.new_page()
-            problems = check_page(page, base + rel)
+            problems, shares = check_page(page, base + rel)
             if args.screenshots:  # as a reader first sees it: folds closed again
                 page.reload(wait_until="load")
                 page.wait_for_timeout(500)
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=args.screenshots / f"{stem}__400.png", full_page=True)
             context.close()
             print(f"{'ok  ' if not problems else 'FAIL'} {rel}  (code and output: "
-                  f"{page.code_share:.0%} of the page's height; code alone: {page.input_share:.0%})")
+                  f"{shares['share']:.0%} of the page's height; code alone: {shares['codeShare']:.0%})")
             if problems:
                 failures[rel] = problems
         browser.close()

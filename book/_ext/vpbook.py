@@ -37,13 +37,17 @@ class AuthorYearLabels(BaseLabelStyle):
         year = entry.fields.get("year", "n.d.")
         if not people:
             return f"{entry.key} {year}"
-        last = " ".join(people[0].prelast_names + people[0].last_names).replace("{", "").replace("}", "")
+        first = _surname(people[0])
         if len(people) == 1:
-            return f"{last} {year}"
+            return f"{first} {year}"
         if len(people) == 2:
-            second = " ".join(people[1].prelast_names + people[1].last_names)
-            return f"{last} and {second} {year}"
-        return f"{last} et al. {year}"
+            return f"{first} and {_surname(people[1])} {year}"
+        return f"{first} et al. {year}"
+
+
+def _surname(person) -> str:
+    """"van der Maaten", "Sandler": the name a citation shows, without BibTeX's braces."""
+    return " ".join(person.prelast_names + person.last_names).replace("{", "").replace("}", "")
 
 
 class Style(UnsrtStyle):
