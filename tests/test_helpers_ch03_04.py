@@ -93,7 +93,8 @@ def test_length_sweep_figure_plots_the_grid():
     labels = sweep_ax.get_legend_handles_labels()[1]
     assert set(labels) == {"vpt-shallow", "vpt-deep", "linear", "vp-pad prompt_size=4"}
     ticks = [t.get_text() for t in sweep_ax.get_xticklabels()]
-    assert ticks[0].startswith("1\n") and len(ticks) == 4
+    assert ticks == ["1", "5", "10", "25"]
+    assert [t.get_text() for t in params_ax.get_xticklabels()] == ["1k"]  # only ticks inside the data
     assert params_ax.get_legend_handles_labels()[1][:2] == ["mnist", "animal_silhouettes"]
     assert "5 epochs" in fig._suptitle.get_text()
     plt.close(fig)
