@@ -100,6 +100,25 @@ def test_length_sweep_figure_plots_the_grid():
     plt.close(fig)
 
 
+def test_attention_shares_figure_stacks_the_class_tokens_shares():
+    blocks = pd.Index([0, 1, 2], name="block")
+    none = pd.DataFrame({"cls → cls": [0.5, 0.4, 0.3], "cls → prompts": 0.0,
+                         "cls → patches": [0.5, 0.6, 0.7], "patches → prompts": 0.0}, index=blocks)
+    prompted = pd.DataFrame({"cls → cls": [0.2, 0.2, 0.1], "cls → prompts": [0.6, 0.3, 0.1],
+                             "cls → patches": [0.2, 0.5, 0.8], "patches → prompts": [0.4, 0.2, 0.1]},
+                            index=blocks)
+    fig = plots.attention_shares_figure({"no prompts": none, "VPT-deep": prompted},
+                                        uniform=0.05, length=10, title="attention")
+    bare, deep = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["no prompts", "VPT-deep"]
+    assert len(bare.lines) == 0 and len(deep.lines) == 2  # the patch-token line and the uniform share
+    tops = [bar.get_y() + bar.get_height() for bar in deep.patches]
+    np.testing.assert_allclose(tops[-3:], [1.0, 1.0, 1.0])  # the three shares stack to 1
+    np.testing.assert_allclose([bar.get_height() for bar in deep.patches[:3]], [0.6, 0.3, 0.1])
+    assert deep.get_ylim() == (0, 1)
+    plt.close(fig)
+
+
 def test_msvp_maps_figure_one_row_per_model():
     prompts = {"frozen": (types.SimpleNamespace(input_prompt=MultiScalePrompt(3)), 64),
                "scratch": (types.SimpleNamespace(

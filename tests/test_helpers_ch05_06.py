@@ -141,3 +141,19 @@ def test_prompt_vs_shift_is_exact_after_a_batchnorm_and_not_after_a_relu():
     assert hooked < 1e-5 * scale  # a plain hook right after the BatchNorm: exact again
     checks.assert_unchanged(backbone, before)
     assert not any(m._forward_hooks for m in backbone.modules())  # no hook left behind
+
+
+def test_ablation_panels_put_ours_and_the_reported_numbers_on_the_same_steps():
+    steps = ["none", "+ patch", "+ global"]
+    ours = {"MNIST": pd.DataFrame({"mean": [0.5, 0.7], "sd": [0.01, None]},
+                                  index=["none", "+ global"])}  # "+ patch" was not run
+    reported = pd.DataFrame({"CUB": [85.3, 87.1, 87.9]}, index=steps)
+    fig = plots.ablation_panels(ours, reported, steps, titles=("ours", "reported"))
+    left, right = fig.axes
+    y = np.asarray(left.lines[0].get_ydata(), dtype=float)
+    np.testing.assert_allclose(y[[0, 2]], [50.0, 70.0])
+    assert np.isnan(y[1])  # a step that was not run is a gap, not a zero
+    np.testing.assert_allclose(right.lines[0].get_ydata(), [85.3, 87.1, 87.9])
+    assert [t.get_text() for t in right.get_xticklabels()] == steps
+    assert [ax.get_title() for ax in fig.axes] == ["ours", "reported"]
+    plt.close(fig)

@@ -336,6 +336,65 @@ def length_sweep_figure(runs, *, dataset: str = "mnist"):
     return fig
 
 
+def attention_shares_figure(shares: dict, *, uniform: float, length: int, title: str):
+    """Chapter 03's attention figure: one panel per model (``shares``: name -> a frame with one
+    row per block and the columns ``cls → prompts``, ``cls → cls``, ``cls → patches`` and
+    ``patches → prompts``, each a share of attention in [0, 1]). The class token's three
+    shares are stacked bars (the prompts' at the bottom); for a model with prompts, the patch
+    tokens' share on the prompts is a line and ``uniform`` (the prompts' share if attention
+    were spread evenly over ``length`` prompts and the other tokens) a dashed one. Returns the
+    figure."""
+    import pandas as pd
+
+    stacked = {"cls → prompts": "#e07b39", "cls → cls": "#8c8c8c", "cls → patches": "#a9c4e4"}
+    fig, axes = plt.subplots(1, len(shares), figsize=(8, 3.4), sharey=True, squeeze=False)
+    for ax, (name, table) in zip(axes[0], shares.items()):
+        bottom = pd.Series(0.0, index=table.index)
+        for column, colour in stacked.items():
+            ax.bar(table.index, table[column], bottom=bottom, color=colour, width=0.75,
+                   label=column.replace("cls", "class token"))
+            bottom += table[column]
+        if table["cls → prompts"].abs().sum() > 0:  # a model with prompts
+            ax.plot(table.index, table["patches → prompts"], "k-o", ms=4, lw=1.2,
+                    label="patch tokens → prompts")
+            ax.axhline(uniform, color="#a23b1f", ls="--", lw=1,
+                       label=f"uniform share of {length} prompts ({uniform:.0%})")
+        ax.set_title(name)
+        ax.set_xlabel("block")
+        ax.set_xticks(table.index)
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("share of attention")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def ablation_panels(ours: dict, reported, steps: Sequence[str], *, titles: Sequence[str]):
+    """An ablation beside the paper's: accuracy as a method's parts are added one at a time.
+
+    ``ours``: label -> a frame indexed by step with ``mean`` and ``sd`` (fractions; a missing
+    step is a gap, a missing sd no bar), drawn with error bars on the left; ``reported``: a
+    frame of percentages indexed by step, one column per dataset, on the right. ``steps`` is
+    the x order and ``titles`` the two panels' titles. Returns the figure."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    x = range(len(steps))
+    for label, rows in ours.items():
+        rows = rows.reindex(steps)
+        axes[0].errorbar(x, 100 * rows["mean"], yerr=100 * rows["sd"].fillna(0), marker="o",
+                         capsize=3, label=label)
+    for column in reported.columns:
+        axes[1].plot(x, reported[column].reindex(steps), marker="s", label=column)
+    for ax, title in zip(axes, titles):
+        ax.set_xticks(x, [s.replace(" tokens", "") for s in steps], rotation=15)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title, fontsize=11)
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def value_heatmaps(panels: dict, columns: Sequence, rows: Sequence, *, xlabel: str = "",
                    label: str = "", suptitle: str | None = None, vmin: float = 0.0,
                    vmax: float = 1.0, light_from: float = 0.6, figsize=(8, 3.4)):
