@@ -11,7 +11,8 @@ opens each page at 1,400 px wide and reports, per page:
 - "nan", warning text ("UserWarning", "Warning:") or an absolute local path in the page's text.
 Widths and text are checked with every fold opened (folded cells, solutions), so what a reader
 can unfold is covered too. Each page's line also gives the share of its height taken by code
-and outputs, and by code alone, as a reader first sees it (folds closed).
+and outputs, the part of it that is numbered figures and captioned tables, and the share of
+code alone, as a reader first sees it (folds closed).
 With --screenshots, it also saves each page at 1,400 px and at 400 px (a phone) for a person
 to look at. Needs Chromium (Debian's ``chromium`` package) and Playwright (``pip install
 playwright``; it drives the system Chromium, it downloads no browser). `make browser` installs
@@ -59,8 +60,13 @@ SHARE_JS = """
   }
   const code = height(blocks);
   const inputs = blocks.filter(el => !el.matches('div.cell_output'));
+  // of the outputs: numbered, captioned figures and captioned tables (what a book shows)
+  const captioned = [...article.querySelectorAll(
+      'div.cell_output figure:has(figcaption), div.cell_output table:has(> caption)')]
+    .filter(el => !folded(el));
   const total = article.getBoundingClientRect().height;
-  return {share: code / total, codeShare: height(inputs) / total};
+  return {share: code / total, codeShare: height(inputs) / total,
+          captionedShare: height(captioned) / total};
 }
 """
 # Then every fold is opened (cells, solutions), so the checks below cover what a reader can
@@ -201,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=args.screenshots / f"{stem}__400.png", full_page=True)
             context.close()
             print(f"{'ok  ' if not problems else 'FAIL'} {rel}  (code and output: "
-                  f"{shares['share']:.0%} of the page's height; code alone: {shares['codeShare']:.0%})")
+                  f"{shares['share']:.0%} of the page's height, of which captioned figures and "
+                  f"tables {shares['captionedShare']:.0%}; code alone: {shares['codeShare']:.0%})")
             if problems:
                 failures[rel] = problems
         browser.close()

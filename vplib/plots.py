@@ -390,8 +390,9 @@ def ablation_panels(ours: dict, reported, steps: Sequence[str], *, titles: Seque
         ax.set_xticks(x, [s.replace(" tokens", "") for s in steps], rotation=15)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(title, fontsize=11)
-        ax.legend(frameon=False)
-    fig.tight_layout()
+        ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  ncol=1 if len(ax.get_legend_handles_labels()[1]) <= 2 else 2)
+    fig.tight_layout()  # the legends sit below the panels, off the data
     return fig
 
 
