@@ -54,6 +54,14 @@ def test_token_heatmaps_share_one_symmetric_scale():
         assert image.get_clim() == (-2.0, 2.0)
         assert ax.get_title() == title
     assert fig.axes[0].get_ylabel() == "token"
+    assert list(fig.axes[0].get_yticks()) == [0, 3]  # the first and the last token
+    plt.close(fig)
+    fig = plots.token_heatmaps(torch.zeros(5, 4, 5), list("abcde"))  # at most 3 per row
+    assert [ax.get_visible() for ax in fig.axes] == [True] * 5 + [False]
+    assert fig.axes[3].get_ylabel() == "token"  # the first panel of the second row
+    plt.close(fig)
+    assert len(plots.token_heatmaps(torch.zeros(4, 4, 5), list("abcd")).axes) == 4  # 2 x 2
+    plt.close(fig)
 
 
 def test_sweep_panels_one_panel_per_setting_sorted_with_the_default_marked():

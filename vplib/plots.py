@@ -574,23 +574,30 @@ def image_rows(rows: dict, *, signed: Sequence[str] = (), row_scale: bool = True
 
 
 def token_heatmaps(tokens: torch.Tensor, titles: Sequence[str], *, suptitle: str | None = None,
-                   size: tuple[float, float] = (2.2, 1.9)):
-    """Prompt tokens of a few images as heatmaps, one panel per image: ``tokens`` is
-    ``(N, L, D)``, a panel's rows are its ``L`` tokens and its columns their ``D`` values, on
-    one colour scale for all panels (blue negative, white zero, red positive; the largest
-    magnitude saturates). ``size``: inches per panel. Returns the figure."""
+                   size: tuple[float, float] = (2.6, 1.9), ncols: int = 3):
+    """Prompt tokens of a few images as heatmaps, one panel per image (at most ``ncols`` per
+    row, the rows balanced: 4 panels are 2 x 2):
+    ``tokens`` is ``(N, L, D)``, a panel's rows are its ``L`` tokens and its columns their
+    ``D`` values, on one colour scale for all panels (blue negative, white zero, red positive;
+    the largest magnitude saturates). ``size``: inches per panel. Returns the figure."""
     tokens = tokens.detach().float().cpu()
     scale = max(float(tokens.abs().max()), 1e-12)
-    fig, axes = plt.subplots(1, len(tokens), figsize=(size[0] * len(tokens), size[1]),
+    nrows = -(-len(tokens) // ncols)
+    ncols = -(-len(tokens) // nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
                              sharey=True, squeeze=False)
-    for ax, t, title in zip(axes[0], tokens, titles):
+    length = tokens.shape[1]
+    for ax, t, title in zip(axes.flat, tokens, titles):
         ax.imshow(t.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto",
                   interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("channel (of D)", fontsize=10)
-        ax.set_yticks(range(0, t.shape[0], 2))
+        ax.set_yticks(sorted({0, length - 1}))  # the first and the last token
         ax.grid(False)
-    axes[0, 0].set_ylabel("token")
+    for ax in axes.flat[len(tokens):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("token")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
