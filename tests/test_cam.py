@@ -157,3 +157,30 @@ def test_maps_do_not_depend_on_the_batch(mobilenet):
                   - C.cam(mobilenet, x, mobilenet(x).argmax(1), batch_size=32)).max() < 1e-5
     with pytest.raises(ValueError, match="batch_size"):
         C.cam(mobilenet, x, targets, batch_size=0)
+
+
+def test_energy_table_pairs_each_method_with_the_reference():
+    mask = np.zeros((3, 4, 4), bool)
+    mask[:, :2] = True                      # the object: the top half
+    linear = np.full((3, 4, 4), 0.5, np.float32)  # flat maps: half their mass on the object
+    on = np.zeros((3, 4, 4), np.float32)
+    on[:, :2] = 1.0                         # all the mass on the object ...
+    on[2] = 0.0                             # ... except an empty third map
+    off = 1.0 - on                          # all the mass off the object (the third is flat)
+    frame = np.zeros((3, 4, 4), bool)
+    frame[:, 0] = True
+    table = C.energy_table({("cnn", "linear"): linear, ("cnn", "on"): on, ("cnn", "off"): off},
+                           {"cnn": mask}, frames={"cnn": frame})
+    assert np.allclose(table["on object"], [0.5, 1.0, 1 / 6])
+    assert table.loc[("cnn", "on"), "empty maps"] == 1 and table["empty maps"].sum() == 1
+    assert np.isclose(table.loc[("cnn", "on"), "vs linear"], 0.5)  # the empty map left out
+    assert np.isnan(table.loc[("cnn", "linear"), "vs linear"])
+    assert np.allclose(table["flat map"], 0.5)
+    assert np.isclose(table.loc[("cnn", "on"), "on frame"], 0.5)
+    # 'on' is more on the object than linear by 0.5 on both scored images, so with no spread at
+    # all its paired se is 0 and the difference is resolved; 'off' differs on 2 of 3 images
+    assert table.loc[("cnn", "on"), "vs linear, 2 se"] == "more"
+    assert table.loc[("cnn", "off"), "vs linear"] < 0
+    assert table.loc[("cnn", "linear"), "vs linear, 2 se"] == ""
+    with pytest.raises(ValueError, match="reference"):
+        C.energy_table({("vit", "VP"): on}, {"vit": mask})

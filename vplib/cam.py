@@ -182,3 +182,44 @@ def energy_inside(heat: np.ndarray, mask: np.ndarray | torch.Tensor) -> np.ndarr
     total = heat.reshape(len(heat), -1).sum(1)
     inside = (heat * mask.astype(heat.dtype)).reshape(len(heat), -1).sum(1)
     return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
+
+
+def energy_table(heat: dict, masks: dict, *, reference: str = "linear",
+                 frames: dict | None = None):
+    """Where each model's maps put their mass, one row per ``(backbone, method)`` key of
+    ``heat`` (``{(backbone, method): (B, H, W) maps}``, every method of a backbone on the same
+    ``B`` images; ``masks``: ``{backbone: (B, H, W) object mask}``).
+
+    Columns: ``on object``, the mean share of a map's mass on the object (:func:`energy_inside`;
+    an empty map, all zero after the ReLU, is left out) and its standard error ``± se``;
+    ``vs <reference>``, the mean paired difference from the same backbone's ``reference``
+    method on the images where neither map is empty, with its standard error
+    ``± se (paired)`` (empty for the reference itself); ``flat map``, the object's share of the
+    image (what a flat map scores); ``on frame``, the mean share on ``frames[backbone]`` (a
+    second mask, e.g. a VP frame; only when ``frames`` is given); ``empty maps``, their count;
+    and ``vs <reference>, 2 se``: "more" or "less" when the paired difference exceeds two
+    standard errors, else "no more and no less"."""
+    import pandas as pd
+
+    rows = {}
+    for (arch, method), maps in heat.items():
+        if (arch, reference) not in heat:
+            raise ValueError(f"energy_table needs the reference maps {(arch, reference)!r} to "
+                             f"pair {(arch, method)!r} with; pass them in heat or choose another "
+                             "reference=")
+        share = pd.Series(energy_inside(maps, masks[arch]))  # NaN: an empty map
+        paired = share - energy_inside(heat[arch, reference], masks[arch])
+        if method == reference:
+            paired[:] = np.nan  # not compared with itself
+        row = {"on object": share.mean(), "± se": share.sem(),  # sem: ddof 1, NaN skipped
+               f"vs {reference}": paired.mean(), "± se (paired)": paired.sem(),
+               "flat map": float(np.asarray(masks[arch], dtype=float).mean())}
+        if frames is not None:
+            row["on frame"] = float(np.nanmean(energy_inside(maps, frames[arch])))
+        rows[arch, method] = {**row, "empty maps": int(share.isna().sum())}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["backbone", "method"])
+    d, se = table[f"vs {reference}"], table["± se (paired)"]
+    table[f"vs {reference}, 2 se"] = np.select([d > 2 * se, d < -2 * se], ["more", "less"],
+                                               "no more and no less")
+    table.loc[d.isna(), f"vs {reference}, 2 se"] = ""
+    return table
