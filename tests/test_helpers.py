@@ -194,3 +194,21 @@ def test_beats_needs_a_margin_of_three_standard_errors_over_the_baseline():
     assert not beats(0.79, 0.8, 400)
     with pytest.raises(ValueError, match="reference in"):
         beats(0.9, 80, 400)
+
+
+def test_styler_latex_keeps_formats_escapes_and_bolds():
+    frame = pd.DataFrame({"method": ["vp_pad", "ap"], "test_acc": [0.853, 0.9], "% stopped": [1, 2]})
+    bold = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    bold.iloc[1, 1] = "font-weight: bold"
+    styler = (tables.styled(frame).apply(lambda _: bold, axis=None)
+              .set_caption("Tuned grid: 3 seeds & 60 epochs"))
+    latex = tables.styler_latex(styler)
+    assert "85.3\\%" in latex and "\\bfseries 90.0\\%" in latex  # the table's own formats, bold
+    assert "vp\\_pad" in latex and "\\% stopped" in latex         # cells and headers escaped
+    assert latex.startswith("\\par\\noindent\\emph{Tuned grid: 3 seeds \\& 60 epochs}")
+    assert "\\caption" not in latex and "\\begin{tabular}" in latex
+    assert "test acc" in latex and "\\toprule" in latex
+    html = styler.to_html()  # the web page's table is untouched by the LaTeX form
+    assert "vp_pad" in html and "vp\\_pad" not in html and "85.3%" in html
+    assert tables.latex_escape("a_b {50%} ~^\\") == (
+        "a\\_b \\{50\\%\\} \\textasciitilde{}\\textasciicircum{}\\textbackslash{}")

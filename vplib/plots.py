@@ -41,7 +41,9 @@ def method_colour(method: str) -> str:
 
 def set_style() -> None:
     """Apply the course style to matplotlib (called by ``vplib.setup``) and, in a notebook,
-    show every figure through :func:`fit_to_page` at twice the resolution."""
+    show every figure through :func:`fit_to_page` at twice the resolution and give every
+    pandas ``Styler`` a LaTeX form (:func:`vplib.tables.styler_latex`) beside its HTML, which
+    the book's PDF build uses."""
     import seaborn as sns
 
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
@@ -64,6 +66,11 @@ def set_style() -> None:
         # formatter) at the first figure: make that happen now, then replace the formatter
         plt.close(plt.figure())
         shell.display_formatter.formatters["image/png"].for_type(Figure, page_png)
+        from pandas.io.formats.style import Styler
+
+        from .tables import styler_latex  # the PDF's form of a styled table (the web shows HTML)
+
+        shell.display_formatter.formatters["text/latex"].for_type(Styler, styler_latex)
 
 
 def fit_to_page(fig) -> bool:

@@ -236,6 +236,51 @@ def styled(frame: pd.DataFrame, columns=None, **formats):
     return shown.style.format(used).hide(axis="index").relabel_index(headers, axis="columns")
 
 
+def styler_latex(styler) -> str | None:
+    """A styled table as LaTeX for the book's PDF (``make pdf``), or ``None`` where pandas
+    cannot write it (the PDF then shows the table's plain text). Every cell, index label and
+    header is shown as the styler formats it, with LaTeX's special characters escaped; bold
+    cells stay bold (``font-weight: bold`` becomes ``\\bfseries``); the caption becomes a
+    paragraph above the table, since a float could drift away from the prose about it.
+
+    pandas escapes only through ``Styler.format(escape=...)``, which would replace the
+    table's own formatters, so the formatters are wrapped instead: this reads the styler's
+    ``_display_funcs*`` attributes (private in pandas 2 and 3), and any failure returns ``None``.
+    """
+    from collections import defaultdict
+
+    def escaped(func):
+        return lambda value: latex_escape(func(value))
+
+    shown = styler._copy(deepcopy=False)
+    try:
+        for attr in ("_display_funcs", "_display_funcs_index", "_display_funcs_columns"):
+            funcs = getattr(styler, attr)
+            wrapped = defaultdict(lambda f=funcs.default_factory: escaped(f()))
+            wrapped.update({key: escaped(func) for key, func in funcs.items()})
+            setattr(shown, attr, wrapped)
+        caption, shown.caption = shown.caption, None
+        body = shown.to_latex(hrules=True, convert_css=True)
+    except Exception:  # noqa: BLE001 - pandas internals moved: the PDF shows the plain text
+        return None
+    if isinstance(caption, (tuple, list)):
+        caption = caption[-1]
+    head = "" if not caption else f"\\par\\noindent\\emph{{{latex_escape(caption)}}}\\par\n"
+    return f"{head}{{\\small\n{body}}}"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text) -> str:
+    """``str(text)`` with LaTeX's special characters escaped, in one pass."""
+    import re
+
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
+
+
 def paired_table(frame: pd.DataFrame, a: str, b: str, *, column: str = "setting",
                  by=("dataset",), labels: dict | None = None, digits: int = 1,
                  pair: str = "seed", value: str = "test_acc", alpha: float = 0.05) -> pd.DataFrame:

@@ -67,6 +67,9 @@ def draw():
 
 
 if __name__ == "__main__":
-    out = Path(__file__).with_name("overview.svg")
-    draw().savefig(out, bbox_inches="tight", metadata={"Date": None})
-    print(f"wrote {out}")
+    fig = draw()
+    # SVG for the web pages, PDF for the LaTeX build (`make pdf`); no dates: reproducible files
+    for suffix, metadata in [(".svg", {"Date": None}), (".pdf", {"CreationDate": None})]:
+        out = Path(__file__).with_name("overview" + suffix)
+        fig.savefig(out, bbox_inches="tight", metadata=metadata)
+        print(f"wrote {out}")

@@ -112,6 +112,9 @@ def ap():
 if __name__ == "__main__":
     set_style()
     for name, draw in [("msvp", msvp), ("insvp", insvp), ("ap", ap)]:
-        out = HERE / f"schematic_{name}.svg"
-        draw().savefig(out, bbox_inches="tight", metadata={"Date": None})
-        print(f"wrote {out}")
+        fig = draw()
+        # SVG for the web pages, PDF for the LaTeX build (`make pdf`); no dates: reproducible
+        for suffix, metadata in [(".svg", {"Date": None}), (".pdf", {"CreationDate": None})]:
+            out = HERE / f"schematic_{name}{suffix}"
+            fig.savefig(out, bbox_inches="tight", metadata=metadata)
+            print(f"wrote {out}")
