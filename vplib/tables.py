@@ -260,6 +260,7 @@ def styler_latex(styler) -> str | None:
             wrapped.update({key: escaped(func) for key, func in funcs.items()})
             setattr(shown, attr, wrapped)
         caption, shown.caption = shown.caption, None
+        shown.table_styles = []  # CSS for the web page (padding, widths): nothing in LaTeX
         body = shown.to_latex(hrules=True, convert_css=True)
     except Exception:  # noqa: BLE001 - pandas internals moved: the PDF shows the plain text
         return None

@@ -8,11 +8,16 @@
   every page.
 - A colour mode on every page: with none set, the theme's script logs "Got invalid theme mode"
   as a console error on each load; "auto" follows the reader's system setting.
+- Tables in the PDF: a styled table's output carries a LaTeX tabular
+  (``vplib.tables.styler_latex``) beside its HTML, and myst-nb renders any ``text/latex``
+  output as display maths. In the LaTeX build such a block is passed through as raw LaTeX.
 """
 
+from docutils import nodes
 from pybtex.plugin import register_plugin
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
+from sphinx.transforms.post_transforms import SphinxPostTransform
 
 
 class AuthorYearLabels(BaseLabelStyle):
@@ -72,7 +77,20 @@ def _each_script_once(app, pagename, templatename, context, doctree):
     context["script_files"] = kept
 
 
+class RawLatexTables(SphinxPostTransform):
+    """In the LaTeX build, a maths block that holds a tabular is a table: emit it as is."""
+
+    default_priority = 5
+    builders = ("latex",)
+
+    def run(self, **kwargs):
+        for node in list(self.document.findall(nodes.math_block)):
+            if "\\begin{tabular}" in node.astext():
+                node.replace_self(nodes.raw("", node.astext(), format="latex"))
+
+
 def setup(app):
+    app.add_post_transform(RawLatexTables)
     register_plugin("pybtex.style.labels", "vpbib", AuthorYearLabels)
     register_plugin("pybtex.style.formatting", "vpbib", Style)
     app.connect("html-page-context", _each_script_once)
